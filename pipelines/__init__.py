@@ -1,0 +1,1 @@
+"""Decode -> guidance -> restore -> encode engine."""

@@ -1,0 +1,1 @@
+"""PyAV video sources and sinks: files, live cameras and pipes."""

@@ -1,0 +1,1 @@
+"""Classical dehazers behind the :class:`cliphaze.dehazer.Dehazer` protocol: ``dcp`` and ``none``."""

@@ -22,6 +22,8 @@ class AudioInfo:
     sample_rate: int  # Hz
     channels: int
     time_base: Fraction
+    # the input av stream, used by sinks to create a stream-copy output while the source is open
+    template: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,107 @@
+"""SS2D: the four-direction 2-D selective scan of the Mamba path (spec 2.3.2, VMamba v0 / MambaIR).
+
+The scan itself is :func:`cliphaze.ops.selective_scan` (backend chosen by name, "auto" per device);
+the four directions are :func:`cliphaze.ops.cross_scan.cross_scan` / ``cross_merge``. The scan runs in
+fp32 whatever the surrounding autocast dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cliphaze.config import SSMConfig
+from cliphaze.ops import selective_scan
+from cliphaze.ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """softplus^-1(y) = y + log(-expm1(-y)) for y > 0."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class SS2D(nn.Module):
+    """Four-direction selective-scan layer, channels-last in and out.
+
+    Args:
+        dim: model channels C.
+        config: d_state, expand, d_conv, dt_rank and dt initialisation, scan backend.
+    """
+
+    def __init__(self, dim: int, config: SSMConfig) -> None:
+        super().__init__()
+        self.d_inner = config.d_inner(dim)
+        self.d_state = config.d_state
+        self.dt_rank = config.rank(dim)
+        self.scan_backend = config.scan_backend
+        k, d, n, r = NUM_DIRECTIONS, self.d_inner, self.d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(dim, 2 * d, bias=False)
+        self.conv2d = nn.Conv2d(d, d, config.d_conv, padding=(config.d_conv - 1) // 2, groups=d, bias=True)
+        # Per-direction projections, stacked: x -> (dt_rank + 2N) and dt_rank -> d_inner.
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d))
+        self.A_logs = nn.Parameter(torch.empty(k * d, n))
+        self.Ds = nn.Parameter(torch.empty(k * d))
+        self.A_logs._no_weight_decay = True  # type: ignore[attr-defined]
+        self.Ds._no_weight_decay = True  # type: ignore[attr-defined]
+        self.out_norm = nn.LayerNorm(d)
+        self.out_proj = nn.Linear(d, dim, bias=False)
+        self._init_ssm(config)
+
+    @torch.no_grad()
+    def _init_ssm(self, config: SSMConfig) -> None:
+        """VMamba v0 initialisation (mamba_init): x_proj like nn.Linear, dt "random", S4D-real A, D = 1."""
+        bound = 1.0 / math.sqrt(self.d_inner)
+        self.x_proj_weight.uniform_(-bound, bound)
+        std = self.dt_rank**-0.5
+        self.dt_projs_weight.uniform_(-std, std)
+        if self.dt_projs_bias.device.type != "meta":
+            log_min, log_max = math.log(config.dt_min), math.log(config.dt_max)
+            dt = torch.exp(torch.rand(self.dt_projs_bias.shape) * (log_max - log_min) + log_min)
+            self.dt_projs_bias.copy_(inverse_softplus(dt.clamp(min=config.dt_init_floor)))
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
+        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def _scan(self, xs: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+        """Grouped selective scan in fp32: xs, dts (B, K*D, L); bs, cs (B, K, N, L) -> (B, K*D, L)."""
+        if xs.device.type == "meta":  # shape-only pass (FLOP counting); the scan's cost is added analytically
+            return torch.empty_like(xs)
+        return selective_scan(
+            xs,
+            dts,
+            -torch.exp(self.A_logs.float()),
+            bs,
+            cs,
+            D=self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().view(-1),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) -> (B, H, W, C)."""
+        b, h, w, _ = x.shape
+        length = h * w
+        k, d, n, r = NUM_DIRECTIONS, self.d_inner, self.d_state, self.dt_rank
+        xc, z = self.in_proj(x).chunk(2, dim=-1)
+        xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2).contiguous()))  # (B, D, H, W)
+        xs = cross_scan(xc)  # (B, K, D, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
+        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        ys = self._scan(
+            xs.float().reshape(b, k * d, length),
+            dts.float().reshape(b, k * d, length),
+            bs.float().contiguous(),
+            cs.float().contiguous(),
+        )
+        y = cross_merge(ys.view(b, k, d, length), h, w)  # (B, D, L)
+        y = y.transpose(1, 2).reshape(b, h, w, d)
+        y = self.out_norm(y.to(x.dtype)) * F.silu(z)
+        return self.out_proj(y)

@@ -1,0 +1,137 @@
+"""``run``: wire the six stages, start their threads, wait, surface the first error, return stats."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from cliphaze.dehazer import Dehazer
+from pipelines.config import PipelineConfig
+from pipelines.cuda_streams import create_streams
+from pipelines.guidance_cache import GuidanceCache
+from pipelines.stages import (
+    Aborted,
+    Context,
+    Control,
+    FrameSink,
+    FrameSource,
+    Message,
+    decode_stage,
+    download_stage,
+    encode_stage,
+    guidance_stage,
+    restore_stage,
+    upload_stage,
+)
+from pipelines.stats import FrameDone, RunStats, StatsCollector
+from stream.records import EndOfStream
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("decode", "upload", "guidance", "restore", "download", "encode")
+# After an abort, how long to wait for a stage stuck in I/O (e.g. a blocking live read) before leaving it.
+ABORT_JOIN_S = 5.0
+
+
+def _reconnects(source: FrameSource) -> int:
+    """Reconnect count from the source's stats, when it keeps any (live sources)."""
+    stats = getattr(source, "stats", None)
+    return int(getattr(stats, "reconnects", 0) or 0)
+
+
+def run(
+    source: FrameSource,
+    sink: FrameSink,
+    dehazer: Dehazer,
+    config: PipelineConfig,
+    stop_event: threading.Event | None = None,
+    on_frame: Callable[[FrameDone], None] | None = None,
+    on_end: Callable[[EndOfStream], None] | None = None,
+) -> RunStats:
+    """Dehaze every frame of ``source`` into ``sink``.
+
+    Opening and closing source and sink stay with the caller (close the sink after ``run`` returns or
+    raises: that flushes the encoder and finalizes the file).
+
+    Args:
+        source: iterable of ``Frame`` with ``info`` (``is_live`` selects the drop policy), optionally
+            ``end`` (the ``EndOfStream`` with trailing audio) and ``stats.reconnects``.
+        sink: object with ``write(frame)``; frames arrive in source order with their pts and audio.
+        dehazer: any ``Dehazer``; frames are handed to it on ``dehazer.device``.
+        config: engine settings.
+        stop_event: set it (e.g. from a signal handler) to stop reading; frames in flight drain.
+        on_frame: called after each frame is written, from the encode thread.
+        on_end: called with the final ``EndOfStream`` after the last frame is written.
+
+    Returns:
+        The run's statistics.
+
+    Raises:
+        The first exception raised by any stage (source, dehazer, sink or callbacks), unchanged.
+    """
+    control = Control(stop=stop_event or threading.Event(), poll_s=config.poll_s)
+    streams = create_streams(dehazer.device)
+    use_cache = dehazer.uses_guidance or config.want_density
+    queues: list[queue.Queue[Message]] = [queue.Queue(maxsize=config.queue_depth) for _ in STAGES[1:]]
+    stats = StatsCollector()
+    ctx = Context(
+        config=config,
+        control=control,
+        stats=stats,
+        streams=streams,
+        dehazer=dehazer,
+        cache=GuidanceCache(dehazer, config.guidance, streams) if use_cache else None,
+        queues=queues,
+        is_live=bool(source.info.is_live),
+    )
+    q = queues
+    targets: list[tuple[str, Callable[[], None]]] = [
+        ("decode", lambda: decode_stage(ctx, source, q[0])),
+        ("upload", lambda: upload_stage(ctx, q[0], q[1])),
+        ("guidance", lambda: guidance_stage(ctx, q[1], q[2])),
+        ("restore", lambda: restore_stage(ctx, q[2], q[3])),
+        ("download", lambda: download_stage(ctx, q[3], q[4])),
+        ("encode", lambda: encode_stage(ctx, q[4], sink, on_frame, on_end)),
+    ]
+
+    def guarded(stage: str, target: Callable[[], None]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                target()
+            except Aborted:
+                return
+            except BaseException as exc:  # worker-thread boundary: hand the error to the runner
+                logger.debug("stage %s failed: %s", stage, exc, exc_info=True)
+                control.fail(stage, exc)
+
+        return body
+
+    threads = [threading.Thread(target=guarded(n, t), name=f"cliphaze-{n}", daemon=True) for n, t in targets]
+    logger.debug("run: dehazer=%s device=%s batch=%d cache=%s", dehazer.name, dehazer.device, config.batch, use_cache)
+    stats.start()
+    for thread in threads:
+        thread.start()
+    aborted_at: float | None = None
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=config.poll_s)
+            if control.abort.is_set():
+                aborted_at = aborted_at or time.perf_counter()
+                if time.perf_counter() - aborted_at > ABORT_JOIN_S:
+                    logger.warning("stage thread %s did not stop after an error; leaving it", thread.name)
+                    break
+    if control.errors:
+        stage, error = control.errors[0]
+        logger.debug("run failed in stage %s", stage)
+        raise error
+    cache = ctx.cache
+    return stats.summary(
+        reconnects=_reconnects(source),
+        hits=cache.counters.hits if cache else 0,
+        misses=cache.counters.misses if cache else 0,
+        invalidations=cache.counters.invalidations if cache else 0,
+        stopped=ctx.stopped_early,
+    )

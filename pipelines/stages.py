@@ -1,0 +1,324 @@
+"""The six stage workers and the messages between them.
+
+decode -> upload -> guidance -> restore -> download -> encode. Each stage is one thread reading one
+bounded queue and writing the next, so frames leave in the order they arrived. ``EndOfStream`` flows
+through every queue; a stage forwards it and returns, which drains the pipeline. ``Control`` carries
+the caller's stop request (graceful: decode stops reading, the rest drains) and the abort flag (the
+first error anywhere stops every stage at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from cliphaze.dehazer import Dehazer
+from cliphaze.guidance_types import Guidance
+from pipelines.config import PipelineConfig
+from pipelines.cuda_streams import Marker, Streams
+from pipelines.guidance_cache import GuidanceCache
+from pipelines.stats import FrameDone, StatsCollector
+from stream.records import EndOfStream, Frame, VideoInfo
+
+logger = logging.getLogger(__name__)
+
+
+class FrameSource(Protocol):
+    """What the engine reads: ``stream.source.open_source`` returns one; tests use fakes."""
+
+    info: VideoInfo
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+
+class FrameSink(Protocol):
+    """What the engine writes to: ``stream.sink.open_sink`` returns one; tests use a list collector."""
+
+    def write(self, frame: Frame) -> None: ...
+
+
+class Aborted(Exception):
+    """Raised inside a stage when another stage failed; never leaves the runner."""
+
+
+@dataclass
+class FrameItem:
+    """A decoded frame and the moment it left the decoder (perf_counter seconds)."""
+
+    frame: Frame
+    entered_s: float
+
+
+@dataclass
+class BatchItem:
+    """Frames travelling together from upload to download."""
+
+    items: list[FrameItem]
+    frames: torch.Tensor  # (N, H, W, 3) uint8 on the device
+    uploaded: Marker  # the host-to-device copy is done
+    guidance: Guidance | None = None  # for restore (batch N or 1)
+    guidance_ready: Marker | None = None  # restoration waits for this (fresh guidance only)
+    density: torch.Tensor | None = None  # (N,) mean haze density per frame in [0, 1]
+    restored: torch.Tensor | None = None  # (N, H, W', 3) uint8 on the device
+    restored_ready: Marker | None = None
+
+
+@dataclass
+class OutBatch:
+    """Finished frames on the host, in order."""
+
+    frames: list[Frame]
+    entered_s: list[float]
+    density: list[float] | None
+
+
+Message = FrameItem | BatchItem | OutBatch | EndOfStream
+
+
+@dataclass
+class Control:
+    """Shared run state: stop request, abort flag, first error, queue helpers that honour both."""
+
+    stop: threading.Event
+    poll_s: float
+    abort: threading.Event = field(default_factory=threading.Event)
+    errors: list[tuple[str, BaseException]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, stage: str, error: BaseException) -> None:
+        with self.lock:
+            self.errors.append((stage, error))
+        self.abort.set()
+
+    def put(self, q: queue.Queue[Message], item: Message) -> None:
+        while True:
+            if self.abort.is_set():
+                raise Aborted
+            try:
+                q.put(item, timeout=self.poll_s)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue[Message], timeout_s: float | None = None) -> Message | None:
+        """Next message; None only when ``timeout_s`` passes first."""
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+        while True:
+            if self.abort.is_set():
+                raise Aborted
+            wait = self.poll_s if deadline is None else min(self.poll_s, max(0.0, deadline - time.perf_counter()))
+            try:
+                return q.get(timeout=wait)
+            except queue.Empty:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return None
+
+    def put_latest(self, q: queue.Queue[Message], item: FrameItem, stats: StatsCollector) -> None:
+        """Live sources: never block; when full, drop the oldest frame (its audio moves to ``item``)."""
+        while True:
+            if self.abort.is_set():
+                raise Aborted
+            try:
+                q.put_nowait(item)
+                return
+            except queue.Full:
+                pass
+            try:
+                oldest = q.get_nowait()
+            except queue.Empty:
+                continue
+            if not isinstance(oldest, FrameItem):  # only frames are ever dropped
+                self.put(q, oldest)
+                continue
+            stats.dropped()
+            packets = oldest.frame.packets + item.frame.packets
+            item = FrameItem(dataclasses.replace(item.frame, packets=packets), item.entered_s)
+
+
+@dataclass
+class Context:
+    """Everything the stages share for one run."""
+
+    config: PipelineConfig
+    control: Control
+    stats: StatsCollector
+    streams: Streams
+    dehazer: Dehazer
+    cache: GuidanceCache | None  # None: guidance is neither used nor logged
+    queues: list[queue.Queue[Message]]  # the five inter-stage queues, upstream first
+    is_live: bool
+    stopped_early: bool = False
+
+    def timed(self, stage: str, started_s: float) -> None:
+        self.stats.busy(stage, time.perf_counter() - started_s)
+
+
+def decode_stage(ctx: Context, source: Iterable[Frame], out: queue.Queue[Message]) -> None:
+    """Read frames until end of stream, a stop request or a frame/duration limit."""
+    cfg = ctx.config
+    end: EndOfStream | None = None
+    first_time_s: float | None = None
+    count = 0
+    for frame in source:
+        if ctx.control.abort.is_set():
+            raise Aborted
+        if frame.time_s is not None:
+            first_time_s = frame.time_s if first_time_s is None else first_time_s
+            if cfg.max_duration_s is not None and frame.time_s - first_time_s >= cfg.max_duration_s:
+                end = EndOfStream(source_id=frame.source_id, reason="stopped")
+                break
+        item = FrameItem(frame, ctx.stats.frame_in())
+        if ctx.is_live and cfg.live_drop_policy == "drop_oldest":
+            ctx.control.put_latest(out, item, ctx.stats)
+        else:
+            ctx.control.put(out, item)
+        count += 1
+        if ctx.control.stop.is_set() or (cfg.max_frames is not None and count >= cfg.max_frames):
+            end = EndOfStream(source_id=frame.source_id, reason="stopped")
+            break
+    if end is None:
+        end = getattr(source, "end", None) or EndOfStream()
+    else:
+        ctx.stopped_early = True
+        logger.info("stopped reading after %d frames", count)
+    ctx.control.put(out, end)
+
+
+def upload_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
+    """Group frames into batches of equal size and copy them to the device."""
+    pending: list[FrameItem] = []
+
+    def flush() -> None:
+        started = time.perf_counter()
+        frames, marker = ctx.streams.upload([it.frame.data for it in pending])
+        ctx.timed("upload", started)
+        ctx.control.put(out, BatchItem(items=list(pending), frames=frames, uploaded=marker))
+        pending.clear()
+
+    while True:
+        wait_s = ctx.config.batch_wait_s if (pending and ctx.is_live) else None
+        msg = ctx.control.get(inp, wait_s)
+        if msg is None:  # live: the batch did not fill in time
+            flush()
+            continue
+        if isinstance(msg, EndOfStream):
+            if pending:
+                flush()
+            ctx.control.put(out, msg)
+            return
+        assert isinstance(msg, FrameItem)
+        if pending and pending[0].frame.data.shape != msg.frame.data.shape:
+            flush()  # a resolution change starts a new batch
+        pending.append(msg)
+        if len(pending) >= ctx.config.batch:
+            flush()
+
+
+def guidance_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
+    """Attach cached guidance (and per-frame mean density) to each batch."""
+    while True:
+        msg = ctx.control.get(inp)
+        if isinstance(msg, BatchItem) and ctx.cache is not None:
+            started = time.perf_counter()
+            with ctx.streams.guidance():
+                msg.uploaded.wait()
+                guidance, per_frame, ready = ctx.cache.guidance_for(msg.frames)
+                msg.guidance_ready = ready
+                if ctx.dehazer.uses_guidance:
+                    msg.guidance = guidance
+                if all(g.density is not None for g in per_frame):
+                    msg.density = torch.stack([g.density.float().mean() for g in per_frame])  # type: ignore[union-attr]
+            ctx.timed("guidance", started)
+        assert msg is not None
+        ctx.control.put(out, msg)
+        if isinstance(msg, EndOfStream):
+            return
+
+
+def restore_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
+    """Run the dehazer on each batch on the compute stream."""
+    while True:
+        msg = ctx.control.get(inp)
+        if isinstance(msg, BatchItem):
+            started = time.perf_counter()
+            with ctx.streams.compute():
+                msg.uploaded.wait()
+                if msg.guidance_ready is not None:
+                    msg.guidance_ready.wait()
+                restored = ctx.dehazer.restore(msg.frames, msg.guidance, scale=ctx.config.scale)
+                if ctx.config.side_by_side:
+                    restored = torch.cat([msg.frames, restored], dim=2)
+                msg.restored = restored
+                msg.restored_ready = ctx.streams.record()
+            ctx.timed("restore", started)
+        assert msg is not None
+        ctx.control.put(out, msg)
+        if isinstance(msg, EndOfStream):
+            return
+
+
+def download_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
+    """Copy restored batches to the host and split them back into frames (pts and audio kept)."""
+    while True:
+        msg = ctx.control.get(inp)
+        if isinstance(msg, BatchItem):
+            assert msg.restored is not None and msg.restored_ready is not None
+            started = time.perf_counter()
+            host = ctx.streams.download(msg.restored, msg.restored_ready)
+            arrays: np.ndarray = host.numpy()
+            density = None if msg.density is None else [float(d) for d in msg.density.tolist()]
+            frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
+            ctx.timed("download", started)
+            ctx.control.put(out, OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=density))
+            continue
+        assert msg is not None
+        ctx.control.put(out, msg)
+        if isinstance(msg, EndOfStream):
+            return
+
+
+def encode_stage(
+    ctx: Context,
+    inp: queue.Queue[Message],
+    sink: FrameSink,
+    on_frame: Callable[[FrameDone], None] | None,
+    on_end: Callable[[EndOfStream], None] | None,
+) -> None:
+    """Write frames in order; hand the final EndOfStream (trailing audio) to ``on_end``."""
+    while True:
+        msg = ctx.control.get(inp)
+        if isinstance(msg, EndOfStream):
+            if on_end is not None:
+                on_end(msg)
+            return
+        assert isinstance(msg, OutBatch)
+        for i, frame in enumerate(msg.frames):
+            started = time.perf_counter()
+            sink.write(frame)
+            ctx.timed("encode", started)
+            latency_ms = ctx.stats.frame_out(msg.entered_s[i])
+            if on_frame is not None:
+                stats = ctx.stats
+                on_frame(
+                    FrameDone(
+                        index=frame.index,
+                        pts=frame.pts,
+                        time_s=frame.time_s,
+                        latency_ms=latency_ms,
+                        density=None if msg.density is None else msg.density[i],
+                        frames_in=stats.frames_in,
+                        frames_out=stats.frames_out,
+                        frames_dropped=stats.frames_dropped,
+                        fps=stats.fps(),
+                        queue_depths=tuple(q.qsize() for q in ctx.queues),
+                    )
+                )

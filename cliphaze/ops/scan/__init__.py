@@ -18,6 +18,7 @@ import torch
 
 from cliphaze.ops.scan.base import BackendUnavailable, ScanBackend, ScanError, ScanShapeError
 from cliphaze.ops.scan.chunked import ChunkedScan
+from cliphaze.ops.scan.cpu_fused import CpuFusedScan
 from cliphaze.ops.scan.mamba_cuda import MambaCudaScan
 from cliphaze.ops.scan.reference import ReferenceScan
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 # Every backend by name; an explicit table, no discovery.
 BACKENDS: dict[str, ScanBackend] = {
-    backend.name: backend for backend in (ReferenceScan(), ChunkedScan(), MambaCudaScan())
+    backend.name: backend for backend in (ReferenceScan(), ChunkedScan(), CpuFusedScan(), MambaCudaScan())
 }
 # Preference order of "auto" per device type; the last entry is always available.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_cuda", "chunked"), "cpu": ("cpu_fused", "chunked")}

@@ -1,0 +1,384 @@
+"""The fast CPU selective scan: fused numba kernels with their own reverse-time backward.
+
+The kernels run parallel over (batch, channel) and keep the N states of one channel in a small local
+array, so the (L, Dm, N) state tensor is never stored. The forward saves the state entering every
+chunk of ``CHECKPOINT_STEPS`` steps; the backward walks time in reverse, recomputing each chunk's
+states from its checkpoint. float32 and float64 kernels (numba specialises per dtype); half and
+bfloat16 inputs run in float32.
+
+numba is imported only inside this module, when the backend is first probed (the first CPU scan),
+and compiled with ``cache=True`` so later processes load the machine code from disk. No numba, or a
+compile failure, makes the backend unavailable with the reason; it never crashes the import.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cliphaze.ops.scan.base import (
+    BackendUnavailable,
+    ScanResult,
+    check_scan_args,
+    compute_dtype,
+    GROUPED_NDIM,
+    SHARED_NDIM,
+)
+
+logger = logging.getLogger(__name__)
+
+# Time steps between saved states; the backward recomputes at most this many states per chunk.
+CHECKPOINT_STEPS = 64
+# Above this, softplus(x) == x to float precision (torch.nn.functional.softplus's default threshold).
+SOFTPLUS_THRESHOLD = 20.0
+# The backward aims for at least this many parallel jobs per numba thread (load balance).
+JOBS_PER_THREAD = 4
+INSTALL_HINT = "install numba with: pip install 'numba>=0.59' (a cliphaze dependency)"
+
+
+@dataclass(frozen=True)
+class FusedKernels:
+    """The compiled kernels and how long building them took."""
+
+    forward: Callable[..., None]  # forward_kernel below, jitted
+    backward: Callable[..., None]  # backward_kernel below, jitted
+    num_threads: int  # numba's thread count
+    build_s: float  # import + compile (or cache load) time of the probe, seconds
+
+
+def _build_kernels(numba: Any, started: float) -> FusedKernels:
+    """Jit the kernels and run them once on tiny inputs so compile errors surface here."""
+    jit = numba.njit(parallel=True, fastmath=False, cache=True)
+
+    @jit
+    def forward_kernel(u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, ck_len, out, ckpt, last):
+        """Forward scan, parallel over (batch, channel); the N states live in a small local array."""
+        n_batch, dim, length = u.shape
+        n_state = A.shape[1]
+        b_per = dim // bmat.shape[1]
+        c_per = dim // cmat.shape[1]
+        b_var = bmat.shape[2] > 1
+        c_var = cmat.shape[2] > 1
+        for job in numba.prange(n_batch * dim):
+            bi = job // dim
+            d = job - bi * dim
+            bb = bi if bmat.shape[0] > 1 else 0
+            cb = bi if cmat.shape[0] > 1 else 0
+            gb = d // b_per
+            gc = d // c_per
+            h = np.zeros(n_state, dtype=u.dtype)
+            for t in range(length):
+                if t % ck_len == 0:
+                    ckpt[bi, d, t // ck_len, :] = h
+                dt = delta[bi, d, t] + bias[d]
+                if softplus and dt <= SOFTPLUS_THRESHOLD:
+                    dt = np.log1p(np.exp(dt))
+                ut = u[bi, d, t]
+                tb = t if b_var else 0
+                tc = t if c_var else 0
+                dtu = dt * ut
+                acc = 0.0
+                for n in range(n_state):
+                    hn = np.exp(dt * A[d, n]) * h[n] + dtu * bmat[bb, gb, tb, n]
+                    h[n] = hn
+                    acc += cmat[cb, gc, tc, n] * hn
+                y = acc + dskip[d] * ut
+                if has_z:
+                    zt = z[bi, d, t]
+                    y = y * zt / (1.0 + math.exp(-zt))
+                out[bi, d, t] = y
+            last[bi, d, :] = h
+
+
+    @jit
+    def backward_kernel(
+        u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, ck_len, ckpt, gout, block,
+        gu, gdelta, gz, ga_part, gd_part, gbias_part, gb_part, gc_part,
+    ):  # fmt: skip
+        """Reverse-time backward, parallel over (batch, block of ``block`` channels inside one B and one C group).
+
+        States are recomputed chunk by chunk from ``ckpt``; B/C gradients go to per-block partial sums so no
+        two jobs write the same element.
+        """
+        n_batch, dim, length = u.shape
+        n_state = A.shape[1]
+        b_per = dim // bmat.shape[1]
+        c_per = dim // cmat.shape[1]
+        b_var = bmat.shape[2] > 1
+        c_var = cmat.shape[2] > 1
+        n_blocks = dim // block
+        n_ck = ckpt.shape[2]
+        for job in numba.prange(n_batch * n_blocks):
+            bi = job // n_blocks
+            blk = job - bi * n_blocks
+            bb = bi if bmat.shape[0] > 1 else 0
+            cb = bi if cmat.shape[0] > 1 else 0
+            hbuf = np.empty((ck_len + 1, n_state), dtype=u.dtype)
+            abuf = np.empty((ck_len, n_state), dtype=u.dtype)
+            dtbuf = np.empty(ck_len, dtype=u.dtype)
+            gh = np.empty(n_state, dtype=u.dtype)
+            ga_acc = np.empty(n_state, dtype=np.float64)
+            for d in range(blk * block, (blk + 1) * block):
+                gb = d // b_per
+                gc = d // c_per
+                gh[:] = 0.0
+                ga_acc[:] = 0.0
+                gd_acc = 0.0
+                gbias_acc = 0.0
+                for k in range(n_ck - 1, -1, -1):
+                    t0 = k * ck_len
+                    t1 = min(length, t0 + ck_len)
+                    hbuf[0, :] = ckpt[bi, d, k, :]
+                    for t in range(t0, t1):
+                        i = t - t0
+                        dt = delta[bi, d, t] + bias[d]
+                        if softplus and dt <= SOFTPLUS_THRESHOLD:
+                            dt = np.log1p(np.exp(dt))
+                        dtbuf[i] = dt
+                        dtu = dt * u[bi, d, t]
+                        tb = t if b_var else 0
+                        for n in range(n_state):
+                            a = np.exp(dt * A[d, n])
+                            abuf[i, n] = a
+                            hbuf[i + 1, n] = a * hbuf[i, n] + dtu * bmat[bb, gb, tb, n]
+                    for t in range(t1 - 1, t0 - 1, -1):
+                        i = t - t0
+                        dt = dtbuf[i]
+                        ut = u[bi, d, t]
+                        tb = t if b_var else 0
+                        tc = t if c_var else 0
+                        gy = gout[bi, d, t]
+                        if has_z:
+                            acc = 0.0
+                            for n in range(n_state):
+                                acc += cmat[cb, gc, tc, n] * hbuf[i + 1, n]
+                            y = acc + dskip[d] * ut
+                            zt = z[bi, d, t]
+                            sig = 1.0 / (1.0 + math.exp(-zt))
+                            gz[bi, d, t] = gy * y * sig * (1.0 + zt * (1.0 - sig))
+                            gy = gy * zt * sig
+                        gd_acc += gy * ut
+                        gu_t = gy * dskip[d]
+                        gdt = 0.0
+                        dtu = dt * ut
+                        for n in range(n_state):
+                            g = gh[n] + gy * cmat[cb, gc, tc, n]  # dL/dh_t
+                            gc_part[bi, blk, tc, n] += gy * hbuf[i + 1, n]
+                            a = abuf[i, n]
+                            g_log = g * hbuf[i, n] * a  # dL/d(dt·A[d, n])
+                            gdt += g_log * A[d, n]
+                            ga_acc[n] += g_log * dt
+                            bn = bmat[bb, gb, tb, n]
+                            gdt += g * bn * ut
+                            gb_part[bi, blk, tb, n] += g * dtu
+                            gu_t += g * dt * bn
+                            gh[n] = g * a
+                        if softplus:
+                            raw = delta[bi, d, t] + bias[d]
+                            if raw <= SOFTPLUS_THRESHOLD:
+                                gdt = gdt / (1.0 + math.exp(-raw))
+                        gdelta[bi, d, t] = gdt
+                        gbias_acc += gdt
+                        gu[bi, d, t] = gu_t
+                ga_part[bi, d, :] = ga_acc
+                gd_part[bi, d] = gd_acc
+                gbias_part[bi, d] = gbias_acc
+
+    kernels = FusedKernels(forward_kernel, backward_kernel, numba.get_num_threads(), 0.0)  # build_s set below
+    for dtype in (np.float32, np.float64):
+        _run_tiny(kernels, dtype)
+    return FusedKernels(forward_kernel, backward_kernel, kernels.num_threads, time.perf_counter() - started)
+
+
+def _run_tiny(kernels: FusedKernels, dtype: type) -> None:
+    """Forward and backward on a 1x2x3 problem with every option on: forces compilation for ``dtype``."""
+    rng = np.random.default_rng(0)
+    shape, n_state = (1, 2, 3), 2
+    arrays = [rng.standard_normal(shape).astype(dtype) for _ in range(3)]  # u, delta, z
+    u, delta, z = arrays
+    A = -np.ones((2, n_state), dtype=dtype)
+    bmat = np.ones((1, 1, 3, n_state), dtype=dtype)
+    vec = np.ones(2, dtype=dtype)
+    ckpt = np.empty((1, 2, 1, n_state), dtype=dtype)
+    out = np.empty(shape, dtype=dtype)
+    last = np.empty((1, 2, n_state), dtype=dtype)
+    kernels.forward(u, delta, A, bmat, bmat, vec, z, vec, True, True, CHECKPOINT_STEPS, out, ckpt, last)
+    grads = [np.empty(shape, dtype=dtype) for _ in range(3)]
+    parts = [np.zeros((1, 2, n_state), dtype=dtype), np.zeros((1, 2), dtype=dtype), np.zeros((1, 2), dtype=dtype)]
+    bc_parts = [np.zeros((1, 2, 3, n_state), dtype=dtype) for _ in range(2)]
+    kernels.backward(u, delta, A, bmat, bmat, vec, z, vec, True, True, CHECKPOINT_STEPS, ckpt, out, 1,
+                     *grads, *parts, *bc_parts)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> tuple[FusedKernels | None, str]:
+    """Build the kernels once per process; (None, reason) when numba is missing or compilation fails."""
+    started = time.perf_counter()
+    try:
+        import numba
+        from numba.core.errors import NumbaError
+    except ImportError as exc:
+        return None, f"numba does not import ({exc}); {INSTALL_HINT}"
+    try:
+        kernels = _build_kernels(numba, started)
+    except NumbaError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"numba could not compile the fused scan kernels ({type(exc).__name__}: {first_line})"
+    logger.info("cpu_fused scan kernels ready in %.2f s (%d numba threads)", kernels.build_s, kernels.num_threads)
+    return kernels, f"numba kernels, {kernels.num_threads} threads"
+
+
+def get_kernels() -> FusedKernels:
+    """The compiled kernels; raises BackendUnavailable with the reason if they cannot be built."""
+    kernels, reason = _probe()
+    if kernels is None:
+        raise BackendUnavailable(f"scan backend 'cpu_fused' is unavailable: {reason}")
+    return kernels
+
+
+def _bc_layout(mat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """B or C as the kernels' contiguous (bB, G, LB, N): (Dm, N) -> (1, Dm, 1, N), (b, N, L) -> (b, 1, L, N)."""
+    mat = mat.detach().to(dtype)
+    if mat.dim() == GROUPED_NDIM:
+        return mat.transpose(-1, -2).contiguous()
+    if mat.dim() == SHARED_NDIM:
+        return mat.transpose(-1, -2)[:, None].contiguous()
+    return mat[None, :, None, :].contiguous()
+
+
+def _bc_grad(part: torch.Tensor, ndim: int, groups: int) -> torch.Tensor:
+    """Reduce per-block partials (b, n_blocks, LB, N) to the gradient of B or C in its ``ndim`` layout."""
+    batch, n_blocks, steps, n_state = part.shape
+    grad = part.reshape(batch, groups, n_blocks // groups, steps, n_state).sum(2)  # (b, G, LB, N)
+    if ndim == GROUPED_NDIM:
+        return grad.transpose(-1, -2)
+    if ndim == SHARED_NDIM:
+        return grad[:, 0].transpose(-1, -2)
+    return grad.sum(0)[:, 0, :]  # (Dm, N): summed over batch and time
+
+
+def _block_size(batch: int, dim: int, b_groups: int, c_groups: int, num_threads: int) -> int:
+    """Channels per backward job: a divisor of both group sizes, small enough to give every thread work."""
+    block = math.gcd(dim // b_groups, dim // c_groups)
+    while block > 1 and batch * (dim // block) < JOBS_PER_THREAD * num_threads:
+        block = max(x for x in range(1, block) if block % x == 0)
+    return block
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.numpy()
+
+
+class _FusedScanFn(torch.autograd.Function):
+    """autograd wrapper: numba forward, numba reverse-time backward; last_state carries no grad."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None,
+        z: torch.Tensor | None,
+        delta_bias: torch.Tensor | None,
+        delta_softplus: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kernels = get_kernels()
+        dtype = compute_dtype(u)
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        uf, deltaf = (t.detach().to(dtype).contiguous() for t in (u, delta))
+        af = A.detach().to(dtype).contiguous()
+        bf, cf = _bc_layout(B, dtype), _bc_layout(C, dtype)
+        df = torch.zeros(dim, dtype=dtype) if D is None else D.detach().to(dtype).contiguous()
+        biasf = torch.zeros(dim, dtype=dtype) if delta_bias is None else delta_bias.detach().to(dtype).contiguous()
+        zf = torch.zeros((1, 1, 1), dtype=dtype) if z is None else z.detach().to(dtype).contiguous()
+        n_ck = max(1, -(-length // CHECKPOINT_STEPS))
+        ckpt = torch.empty((batch, dim, n_ck, n_state), dtype=dtype)
+        out = torch.empty((batch, dim, length), dtype=dtype)
+        last = torch.zeros((batch, dim, n_state), dtype=dtype)
+        arrays = [_numpy(t) for t in (uf, deltaf, af, bf, cf, df, zf, biasf)]
+        kernels.forward(*arrays[:7], arrays[7], bool(delta_softplus), z is not None, CHECKPOINT_STEPS,
+                        _numpy(out), _numpy(ckpt), _numpy(last))  # fmt: skip
+        ctx.save_for_backward(uf, deltaf, af, bf, cf, df, zf, biasf, ckpt)
+        ctx.meta = (delta_softplus, kernels, B.dim(), C.dim())
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias))
+        ctx.mark_non_differentiable(last)
+        return out.to(u.dtype), last
+
+    @staticmethod
+    def backward(ctx: Any, gout: torch.Tensor, _glast: torch.Tensor | None) -> tuple[Any, ...]:
+        uf, deltaf, af, bf, cf, df, zf, biasf, ckpt = ctx.saved_tensors
+        delta_softplus, kernels, b_ndim, c_ndim = ctx.meta
+        has_z = ctx.dtypes[6] is not None
+        dtype = uf.dtype
+        batch, dim, length = uf.shape
+        n_state = af.shape[1]
+        block = _block_size(batch, dim, bf.shape[1], cf.shape[1], kernels.num_threads)
+        n_blocks = dim // block
+        grads = [torch.empty((batch, dim, length), dtype=dtype) for _ in range(2)]  # u, delta
+        gz = torch.empty((batch, dim, length) if has_z else (1, 1, 1), dtype=dtype)
+        ga_part = torch.zeros((batch, dim, n_state), dtype=dtype)
+        gd_part = torch.zeros((batch, dim), dtype=dtype)
+        gbias_part = torch.zeros((batch, dim), dtype=dtype)
+        gb_part = torch.zeros((batch, n_blocks, bf.shape[2], n_state), dtype=dtype)
+        gc_part = torch.zeros((batch, n_blocks, cf.shape[2], n_state), dtype=dtype)
+        gout_f = gout.detach().to(dtype).contiguous()
+        inputs = [_numpy(t) for t in (uf, deltaf, af, bf, cf, df, zf, biasf)]
+        outputs = [_numpy(t) for t in (*grads, gz, ga_part, gd_part, gbias_part, gb_part, gc_part)]
+        kernels.backward(*inputs[:7], inputs[7], bool(delta_softplus), has_z, CHECKPOINT_STEPS, _numpy(ckpt),
+                         _numpy(gout_f), block, *outputs)  # fmt: skip
+        full = (
+            *grads,
+            ga_part.sum(0),
+            _bc_grad(gb_part, b_ndim, bf.shape[1]),
+            _bc_grad(gc_part, c_ndim, cf.shape[1]),
+            gd_part.sum(0),
+            gz,
+            gbias_part.sum(0),
+        )
+        cast = tuple(None if dt is None else g.to(dt) for g, dt in zip(full, ctx.dtypes, strict=True))
+        return (*cast, None)
+
+
+class CpuFusedScan:
+    """Fused numba scan for CPU tensors (forward and backward)."""
+
+    name = "cpu_fused"
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        """True for CPU tensors once the numba kernels compile (the first call compiles or loads the cache)."""
+        if torch.device(device).type != "cpu":
+            return False, f"cpu_fused runs on CPU tensors only, got device {device!s}"
+        kernels, reason = _probe()
+        return kernels is not None, reason
+
+    def scan(
+        self,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
+        delta_bias: torch.Tensor | None = None,
+        delta_softplus: bool = False,
+        return_last_state: bool = False,
+    ) -> ScanResult:
+        """See ``cliphaze.ops.scan.base`` for shapes; the last state carries no grad (as in mamba_ssm)."""
+        ok, reason = self.available(u.device)
+        if not ok:
+            raise BackendUnavailable(f"scan backend 'cpu_fused' is unavailable: {reason}")
+        check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+        out, last = _FusedScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return (out, last) if return_last_state else out

@@ -1,0 +1,100 @@
+"""Pure logic for live sources: reconnect backoff and PTS re-basing across reconnects. No I/O."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+
+DEFAULT_LIVE_FPS = Fraction(25)  # step used to continue PTS when a live source does not state its rate
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Exponential backoff with jitter and a cap, for live sources that drop."""
+
+    initial_s: float = 0.5  # first wait after a failure
+    cap_s: float = 30.0  # longest wait
+    multiplier: float = 2.0  # growth per failed attempt
+    jitter: float = 0.2  # +- fraction of the wait, so many cameras do not reconnect in lockstep
+    max_attempts: int | None = None  # failed attempts in a row before giving up; None = forever
+    reset_after_s: float = 10.0  # a connection healthy this long resets the attempt count
+
+    def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Wait before reconnect attempt ``attempt`` (1-based).
+
+        Args:
+            attempt: 1 for the first retry after a failure.
+            rng: Random source for the jitter (tests pass a seeded one).
+
+        Returns:
+            Seconds to wait, in ``[0, cap_s * (1 + jitter)]``.
+        """
+        base = min(self.cap_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1.0 + spread))
+
+    def gives_up(self, attempt: int) -> bool:
+        """True when ``attempt`` exceeds ``max_attempts``."""
+        return self.max_attempts is not None and attempt > self.max_attempts
+
+
+class PtsRebaser:
+    """Maps per-connection PTS to one monotonic output timeline.
+
+    Files keep their PTS untouched (passthrough keeps timing). Live sources start at 0, and every new
+    connection (``new_segment``) continues one frame step after the last output PTS, whatever the
+    camera's clock did (negative starts, resets on reconnect; go2rtc PR #1943, MediaMTX #1307).
+    """
+
+    def __init__(self, *, rebase: bool, fps: Fraction | None = None) -> None:
+        self._rebase = rebase
+        self._fps = fps
+        self.time_base: Fraction | None = None  # output time base, fixed by the first frame
+        self._last: int | None = None  # last output pts
+        self._offset: int = 0  # added to the rescaled input pts of the current segment
+        self._segment_start = True
+
+    def new_segment(self) -> None:
+        """Call when a new connection starts delivering."""
+        self._segment_start = True
+
+    @property
+    def step(self) -> int:
+        """One frame duration in the output time base (at least 1)."""
+        assert self.time_base is not None
+        fps = self._fps or DEFAULT_LIVE_FPS
+        return max(1, round(1 / (fps * self.time_base)))
+
+    def offset_s(self) -> Fraction:
+        """Current segment's shift in seconds (applied to audio packets of the same connection)."""
+        return Fraction(0) if self.time_base is None else self._offset * self.time_base
+
+    def __call__(self, pts: int | None, time_base: Fraction) -> int:
+        """Output PTS for a frame with input ``pts`` in ``time_base``.
+
+        Args:
+            pts: Input PTS, None when the demuxer gave none.
+            time_base: Input time base of this connection.
+
+        Returns:
+            Output PTS in ``self.time_base``, strictly greater than the previous one.
+        """
+        if self.time_base is None:
+            self.time_base = time_base
+        if pts is None:
+            out = 0 if self._last is None else self._last + self.step
+            self._segment_start = False
+            self._last = out
+            return out
+        scaled = round(pts * time_base / self.time_base)
+        if self._segment_start:
+            self._segment_start = False
+            if self._rebase:
+                target = 0 if self._last is None else self._last + self.step
+                self._offset = target - scaled
+        out = scaled + self._offset
+        if self._last is not None and out <= self._last:
+            out = self._last + 1
+        self._last = out
+        return out

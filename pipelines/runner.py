@@ -36,10 +36,10 @@ STAGES = ("decode", "upload", "guidance", "restore", "download", "encode")
 ABORT_JOIN_S = 5.0
 
 
-def _reconnects(source: FrameSource) -> int:
-    """Reconnect count from the source's stats, when it keeps any (live sources)."""
+def _source_count(source: FrameSource, name: str) -> int:
+    """A counter (``reconnects``, ``drops``) from the source's ``stats``, 0 when it keeps none."""
     stats = getattr(source, "stats", None)
-    return int(getattr(stats, "reconnects", 0) or 0)
+    return int(getattr(stats, name, 0) or 0)
 
 
 def run(
@@ -128,8 +128,9 @@ def run(
         logger.debug("run failed in stage %s", stage)
         raise error
     cache = ctx.cache
+    stats.dropped(_source_count(source, "drops"))  # the source's own keep-latest drops count too
     return stats.summary(
-        reconnects=_reconnects(source),
+        reconnects=_source_count(source, "reconnects"),
         hits=cache.counters.hits if cache else 0,
         misses=cache.counters.misses if cache else 0,
         invalidations=cache.counters.invalidations if cache else 0,

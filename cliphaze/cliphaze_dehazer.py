@@ -1,0 +1,203 @@
+"""ClipHazeDehazer: the CLIPHaze network + CLIP guidance behind the :class:`~cliphaze.dehazer.Dehazer` interface.
+
+Frames in and out are uint8 RGB (N, H, W, 3) on the dehazer's device. Guidance is split out
+(``encode_guidance``) so pipelines can cache it; ``restore(..., guidance=None)`` computes it on the spot,
+and a batch-1 guidance is broadcast to N frames.
+
+``scale < 1`` runs the network on a downscaled frame (bilinear, antialiased), then brings its reconstruction
+fields K and Bb back to full resolution by GUIDED upsampling: bilinear upsampling followed by a guided filter
+(``kornia.filters.guided_blur``) with the full-resolution hazy frame as the guide, so the fields pick up the
+frame's edges. The restoration ``K * x - Bb + x`` is then formed at full resolution from the full-resolution
+input — the output image is never resized.
+
+open_clip is only imported when guidance towers are built (``from_bundle`` with a guided network).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from cliphaze.clip.encoder import PRECISIONS
+from cliphaze.guidance_types import Guidance
+from cliphaze.preprocess import frames_to_model, model_to_frames
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from cliphaze.clip.encoder import GuidanceEncoder
+    from cliphaze.model import ClipHazeNet
+
+logger = logging.getLogger(__name__)
+
+
+class DehazerConfigError(ValueError):
+    """The network and the guidance encoder do not fit together, or an option is out of range."""
+
+
+@dataclass(frozen=True)
+class GuidedUpsampleConfig:
+    """Guided upsampling of the reconstruction fields when the network runs at ``scale < 1``."""
+
+    radius_factor: float = 1.0  # guided-filter radius in full-res px = ceil(radius_factor / scale), at least 1
+    eps: float = 1e-3  # guided-filter regularisation, in squared units of the [0, 1] guide image
+
+    def kernel_size(self, scale: float) -> int:
+        """Odd window side 2r + 1 for a network scale."""
+        return 2 * max(1, math.ceil(self.radius_factor / scale)) + 1
+
+
+def guided_upsample_fields(
+    guide: torch.Tensor, fields: torch.Tensor, config: GuidedUpsampleConfig, scale: float
+) -> torch.Tensor:
+    """Low-resolution fields -> full resolution, edge-aware.
+
+    Args:
+        guide: (N, 3, H, W) full-resolution hazy frames in [0, 1].
+        fields: (N, C, h, w) fields computed at ``scale`` x resolution.
+
+    Returns:
+        (N, C, H, W) float32: ``guided_blur(guide, bilinear_upsample(fields))``.
+    """
+    from kornia.filters import guided_blur
+
+    size = (guide.shape[-2], guide.shape[-1])
+    up = F.interpolate(fields.float(), size=size, mode="bilinear", align_corners=False)
+    return guided_blur(guide.float(), up, config.kernel_size(scale), config.eps)
+
+
+class ClipHazeDehazer:
+    """CLIPHaze dehazer (implements :class:`cliphaze.dehazer.Dehazer`)."""
+
+    def __init__(
+        self,
+        net: ClipHazeNet,
+        guidance_encoder: GuidanceEncoder | None,
+        *,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        upsample: GuidedUpsampleConfig | None = None,
+    ) -> None:
+        """Assemble from parts; prefer :meth:`from_bundle` / :meth:`from_parts`.
+
+        Args:
+            net: the network (moved to ``device``, eval mode, weights kept in float32).
+            guidance_encoder: towers + prompts; may be None only for a network using no guidance.
+            device: defaults to the encoder's device, else the network's.
+            precision: "fp32", or "bf16"/"fp16" run under autocast.
+        """
+        if precision not in PRECISIONS:
+            raise DehazerConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_compatible(net, guidance_encoder)
+        if device is None:
+            device = guidance_encoder.device if guidance_encoder is not None else next(net.parameters()).device
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.encoder = guidance_encoder
+        self.precision = precision
+        self.upsample = upsample or GuidedUpsampleConfig()
+        self.name = net.config.name
+
+    @classmethod
+    def from_parts(
+        cls, net: ClipHazeNet, guidance_encoder: GuidanceEncoder | None, *, precision: str | None = None
+    ) -> ClipHazeDehazer:
+        """Dehazer on the encoder's device and precision (or CPU fp32 without an encoder)."""
+        if precision is None:
+            precision = guidance_encoder.precision if guidance_encoder is not None else "fp32"
+        return cls(net, guidance_encoder, precision=precision)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        scan_backend: str = "auto",
+        **bundle_options: str | None,
+    ) -> ClipHazeDehazer:
+        """Load a bundle (see :func:`cliphaze.bundle.load_bundle`; extra options such as ``daclip_checkpoint``
+        relocate referenced tower files)."""
+        from cliphaze.bundle import load_bundle
+
+        loaded = load_bundle(path, device=device, precision=precision, scan_backend=scan_backend, **bundle_options)
+        return cls(loaded.net, loaded.encoder, device=device, precision=precision)
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.encoder is not None
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def encode_guidance(self, frames: torch.Tensor) -> Guidance:
+        """Guidance of frames (N, H, W, 3) uint8 on ``device`` (empty Guidance without an encoder)."""
+        if self.encoder is None:
+            return Guidance()
+        return self.encoder.encode(frames)
+
+    @torch.no_grad()
+    def restore(self, frames: torch.Tensor, guidance: Guidance | None, *, scale: float = 1.0) -> torch.Tensor:
+        """Dehazed frames (N, H, W, 3) uint8 on ``device``.
+
+        Args:
+            frames: (N, H, W, 3) uint8 RGB.
+            guidance: from :meth:`encode_guidance` (batch N or 1), or None to compute it now.
+            scale: network resolution factor in (0, 1]; below 1 the fields are guided-upsampled.
+        """
+        if not 0.0 < scale <= 1.0:
+            raise DehazerConfigError(f"scale must be in (0, 1], got {scale}")
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        frames = frames.to(self.device)
+        if guidance is None:
+            guidance = self.encode_guidance(frames)
+        x = frames_to_model(frames)  # (N, 3, H, W) in [-1, 1], float32
+        height, width = x.shape[-2:]
+        net_in = x
+        if scale < 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            net_in = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        with self._autocast():
+            k, bb = self.net.forward_fields(net_in, guidance.density, guidance.tokens)
+        k, bb = k.float(), bb.float()
+        if scale < 1.0:
+            fields = guided_upsample_fields((x + 1.0) * 0.5, torch.cat([k, bb], dim=1), self.upsample, scale)
+            k, bb = fields[:, :1], fields[:, 1:]
+        return model_to_frames(self.net.reconstruct(x, k, bb))
+
+
+def check_compatible(net: ClipHazeNet, encoder: GuidanceEncoder | None) -> None:
+    """Raise :class:`DehazerConfigError` when the network expects guidance the encoder does not produce."""
+    guidance = net.config.guidance
+    if encoder is None:
+        if guidance.use_dam or guidance.use_sam:
+            raise DehazerConfigError(f"network {net.config.name} uses CLIP guidance but no guidance encoder was given")
+        return
+    if guidance.use_dam and not encoder.config.use_density:
+        raise DehazerConfigError("network uses the density map (DAM) but the guidance encoder has use_density=False")
+    if guidance.use_sam:
+        if not encoder.config.use_tokens:
+            raise DehazerConfigError("network uses semantic tokens (SAM) but the guidance encoder has use_tokens=False")
+        if encoder.token_dim != guidance.semantic_dim:
+            raise DehazerConfigError(
+                f"network expects {guidance.semantic_dim}-d semantic tokens, the CLIP gives {encoder.token_dim}-d"
+            )
+
+
+def load_dehazer(
+    path: str | os.PathLike[str], *, device: torch.device | str = "cpu", precision: str = "fp32",
+    scan_backend: str = "auto", **bundle_options: str | None,
+) -> ClipHazeDehazer:
+    """Convenience: :meth:`ClipHazeDehazer.from_bundle`."""
+    return ClipHazeDehazer.from_bundle(path, device=device, precision=precision, scan_backend=scan_backend,
+                                       **bundle_options)

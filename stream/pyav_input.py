@@ -115,7 +115,9 @@ class PyAVConnection:
                 spec.url, "r", format=fmt, options=container_options(spec, options, live), timeout=timeout
             )
         except (av.error.FFmpegError, OSError) as exc:
-            raise _classify_open_error(exc, spec) from exc
+            # FFmpeg's message repeats the URL; chain a scrubbed copy so tracebacks never show the password
+            cause = ConnectionError(_scrub(str(exc), spec)) if spec.password else exc
+            raise _classify_open_error(exc, spec) from cause
         self._spec = spec
         self.trailing_audio: tuple[Any, ...] = ()
         self.corrupt_packets = 0

@@ -37,6 +37,7 @@ _NO_AUDIO_FORMATS = frozenset({"yuv4mpegpipe", "rawvideo"})
 _RAW_CODECS = {"yuv4mpegpipe": "wrapped_avframe", "rawvideo": "rawvideo"}
 _STRFTIME = re.compile(r"%[YmdHMSjy]")  # strftime fields in a segment pattern (vs %05d numbering)
 PUBLISH_TIMEOUT_S = 10.0  # socket timeout while publishing (rtsp/rtmp/srt)
+DEFAULT_SEGMENT_S = 10.0  # segment length when the output name is a pattern but no segment time is given
 US_PER_S = 1_000_000
 
 
@@ -104,7 +105,7 @@ class FrameSink:
                 stem = Path(pattern)
                 pattern = str(stem.with_name(f"{stem.stem}_%05d{stem.suffix}"))
             opts = {
-                "segment_time": str(cfg.segment_time_s or cfg.gop_s),
+                "segment_time": str(cfg.segment_time_s or DEFAULT_SEGMENT_S),
                 "segment_format": spec.format,
                 "reset_timestamps": "1",
             }
@@ -142,6 +143,8 @@ class FrameSink:
             self._video.pix_fmt = self.config.pix_fmt
         else:
             configure(self._video, codec, self.config, self.info.fps)
+            if self.info.rotation:
+                self._video.set_display_rotation(self.info.rotation)  # frames stay unrotated, like the input
         return codec
 
     def _add_audio(self, audio_from: VideoInfo | None, fmt: str) -> dict[int, Any]:

@@ -76,6 +76,7 @@ class SourceStats:
     decoded: int  # frames decoded (includes dropped ones)
     drops: int  # frames dropped by keep-latest (live only)
     reconnects: int  # reconnect attempts
+    stalls: int  # connections abandoned because they went silent past a deadline
     corrupt_packets: int  # undecodable packets skipped
     last_reason: str  # why the last connection ended / failed
     queue_depth: int  # items waiting for the consumer
@@ -109,6 +110,7 @@ class FrameSource:
         self._queue = FrameQueue(size, drop_oldest=self.live)
         self._alive = threading.Event()
         self._alive.set()
+        self._stopping = threading.Event()  # set by close(); backoff waits on it
         self._lock = threading.Lock()
         self._info_ready = threading.Event()
         self._open_error: StreamError | None = None
@@ -119,6 +121,7 @@ class FrameSource:
         self._frames = 0
         self._decoded = 0
         self._reconnects = 0
+        self._stalls = 0
         self._corrupt = 0
         self._corrupt_before = 0
         self._gen = 0  # id of the reader allowed to push; bumped to abandon a reader
@@ -156,6 +159,7 @@ class FrameSource:
                 decoded=self._decoded,
                 drops=self._queue.drops,
                 reconnects=self._reconnects,
+                stalls=self._stalls,
                 corrupt_packets=self._corrupt,
                 last_reason=self._reason,
                 queue_depth=len(self._queue),
@@ -180,6 +184,7 @@ class FrameSource:
     def close(self) -> None:
         """Stop reading; threads stuck inside FFmpeg are left behind as daemons, never waited on forever."""
         self._alive.clear()
+        self._stopping.set()
         with self._lock:
             self._gen += 1
         self._queue.clear()
@@ -228,8 +233,10 @@ class FrameSource:
                 "source %s %s (%s); reconnecting in %.2f s (attempt %d)",
                 self.spec.display, outcome, self._reason, delay, attempt,
             )
-            self._set(_state="retrying" if ever_delivered else "starting", _reconnects=self._reconnects + 1)
-            self._alive.wait(delay)
+            # a stall stays visible as "stalled" until the next connection delivers
+            state = "stalled" if outcome == "stalled" else "retrying" if ever_delivered else "starting"
+            self._set(_state=state, _reconnects=self._reconnects + 1)
+            self._stopping.wait(delay)
 
     def _run_reader(self) -> tuple[str, StreamError | None, bool]:
         """Run one connection under deadlines. Returns (outcome, error, delivered_frames)."""
@@ -252,6 +259,7 @@ class FrameSource:
                 with self._lock:
                     self._gen += 1  # abandon: the reader may be stuck inside FFmpeg
                     self._state = "stalled"
+                    self._stalls += 1
                     self._reason = f"no data for {idle_s:.1f} s" if connected else f"open timed out after {idle_s:.1f} s"
                 logger.warning("source %s stalled: %s", self.spec.display, self._reason)
                 err = None if connected else SourceOpenError(f"{self.spec.display}: {self._reason}")

@@ -62,7 +62,10 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.pos_mlp = nn.Sequential(
-            nn.Linear(2, config.pos_mlp_hidden), nn.ReLU(inplace=True), nn.Linear(config.pos_mlp_hidden, self.num_heads)
+            nn.Linear(2, config.pos_mlp_hidden),
+            nn.ReLU(inplace=True),
+            # no bias: a constant per head shifts all logits of a row equally, which softmax ignores
+            nn.Linear(config.pos_mlp_hidden, self.num_heads, bias=False),
         )
         self.register_buffer("relative_positions", log_relative_positions(config.window_size), persistent=False)
 

@@ -188,10 +188,14 @@ def test_open_that_hangs_fails_within_open_deadline() -> None:
 
 def test_wait_for_source_keeps_retrying_until_it_appears() -> None:
     down = SourceOpenError("cannot connect: refused")
-    opener = ScriptedOpener(down, down, down, FakeConnection(0, 3))
-    with open_source("rtsp://cam/x", _live(wait_for_source=True, live_queue_size=8), opener=opener) as src:
-        assert next(iter(src)).pts == 0
-        assert opener.calls == 4 and src.stats.reconnects == 3
+    release = threading.Event()
+    opener = ScriptedOpener(down, down, down, FakeConnection(0, 3, then="hang", release=release))
+    try:
+        with open_source("rtsp://cam/x", _live(wait_for_source=True, live_queue_size=8), opener=opener) as src:
+            assert next(iter(src)).pts == 0
+            assert opener.calls == 4 and src.stats.reconnects == 3
+    finally:
+        release.set()
 
 
 def test_live_keeps_latest_counts_drops_and_keeps_audio() -> None:

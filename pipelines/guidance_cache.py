@@ -112,11 +112,12 @@ class GuidanceCache:
                 fresh = self.dehazer.encode_guidance(frames[i : i + 1])
                 self.counters.misses += 1
                 self._since_refresh = 0
-                if self._current is None or cfg.wait_for_refresh:
-                    self._adopt(fresh)
+                marker = self.streams.record()
+                if self._current is None or cfg.wait_for_refresh or marker.done():
+                    self._adopt(fresh)  # CPU markers are always done: synchronous, used at once
                     ready = self.streams.record()
                 else:
-                    self._pending = (fresh, self.streams.record())
+                    self._pending = (fresh, marker)
             else:
                 self.counters.hits += 1
             self._since_refresh += 1

@@ -1,0 +1,621 @@
+"""The ``cliphaze`` command: dehaze files, cameras and pipes; images; probe; demo; models; bench.
+
+Exit codes: 0 success (also after a first SIGINT/SIGTERM, which drains and finalizes the output), 2 bad
+usage or bad input (one line, no traceback), 1 runtime failure (one line; ``-v`` adds the traceback to
+the log). torch and the model code are imported inside commands, so ``cliphaze --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.resources
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import click
+
+logger = logging.getLogger(__name__)
+
+EXIT_RUNTIME = 1
+EXIT_BAD_INPUT = 2
+EXIT_HARD_STOP = 130  # second signal: leave at once
+STATUS_EVERY_S = 10.0  # live sources: seconds between status log lines
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEMO_OUTPUT = "cliphaze_demo.mp4"
+SAMPLE_CLIP = "sample_hazy.mp4"
+RTSP_SCHEMES = ("rtsp", "rtsps")
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Lazily registered commands from other packages: name -> (module, attribute).
+LAZY_COMMANDS = {
+    "train": ("cliphaze.train.commands", "train"),
+    "train-prompts": ("cliphaze.train.commands", "train_prompts"),
+    "eval": ("cliphaze.train.commands", "eval_command"),
+}
+
+
+class BadInput(click.ClickException):
+    """Bad usage or bad input: one line, exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RuntimeFailure(click.ClickException):
+    """The run failed: one line, exit code 1."""
+
+    exit_code = EXIT_RUNTIME
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user gave something unusable (imported lazily: they live in heavy modules)."""
+    from pipelines.config import PipelineConfigError
+    from pipelines.dehazers import DehazerChoiceError
+    from stream.errors import BadUriError, SinkOpenError, SourceOpenError
+
+    types: list[type[BaseException]] = [
+        BadUriError,
+        SourceOpenError,
+        SinkOpenError,
+        PipelineConfigError,
+        DehazerChoiceError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ]
+    with contextlib.suppress(ImportError):  # the checkpoint module lands with the model package
+        from cliphaze.checkpoint import CheckpointError
+
+        types.append(CheckpointError)
+    return tuple(types)
+
+
+def _one_line(error: BaseException) -> str:
+    from stream.uri import redact
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return " ".join(redact(word) for word in text.split(" "))
+
+
+@dataclass
+class AppContext:
+    """State shared by the commands (``pass_obj``)."""
+
+    verbosity: int = 0  # -1 quiet, 0 normal, 1 info+, 2 debug
+
+
+class CliGroup(click.Group):
+    """Click group that turns every exception into one line and an exit code, and loads lazy commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name, (module, _) in LAZY_COMMANDS.items() if _module_exists(module)]
+        return sorted([*super().list_commands(ctx), *lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[cmd_name]
+            if _module_exists(module):
+                command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:  # CLI boundary: one line, never a traceback
+            logger.debug("failure", exc_info=True)
+            if isinstance(error, _bad_input_types()):
+                raise BadInput(_one_line(error)) from error
+            raise RuntimeFailure(_one_line(error)) from error
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    root = logging.getLogger()
+    if not any(getattr(h, "_cliphaze", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._cliphaze = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    # The user-facing notes of this command are INFO-level and shown at normal verbosity.
+    logger.setLevel(logging.INFO if verbosity >= 0 else logging.ERROR)
+
+
+def _verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+        if value:
+            app = ctx.ensure_object(AppContext)
+            app.verbosity = max(app.verbosity, value)
+            _configure_logging(app.verbosity)
+
+    def set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            app = ctx.ensure_object(AppContext)
+            app.verbosity = -1
+            _configure_logging(-1)
+
+    fn = click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
+                      help="More log output (-vv: debug).")(fn)  # fmt: skip
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+                      help="Only errors.")(fn)  # fmt: skip
+    return fn
+
+
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@_verbosity_options
+@click.version_option(package_name="cliphaze")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """cliphaze: real-time video dehazing (CLIPHaze network, dark channel prior baseline)."""
+    app = ctx.ensure_object(AppContext)
+    _configure_logging(app.verbosity)
+
+
+# --- shared option groups ---------------------------------------------------------------------------------
+
+
+def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from pipelines.config import PRECISIONS
+
+    for option in reversed(
+        [
+            click.option("--model", "model", type=click.Choice(["auto", "cliphaze", "dcp", "none"]), default="auto",
+                         show_default=True, help="auto = trained CLIPHaze when installed, else dcp."),
+            click.option("--weights", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                         help="CLIPHaze bundle (.safetensors)."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+            click.option("--scan-backend", default="auto", show_default=True, help="Selective-scan backend."),
+        ]
+    ):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+def _make_dehazer(model: str, weights: Path | None, device: str, precision: str, scan_backend: str) -> Any:
+    from pipelines.dehazers import choose_dehazer, create_dehazer, resolve_device
+
+    choice = choose_dehazer(model, weights)
+    logger.info("%s", choice.note)
+    return create_dehazer(choice, resolve_device(device), precision=precision, scan_backend=scan_backend)
+
+
+def _with_credentials(uri: str, user: str | None, password: str | None) -> str:
+    """Put RTSP credentials from options/env into an RTSP URL that has none."""
+    if not user:
+        return uri
+    parts = urlsplit(uri)
+    if parts.scheme not in RTSP_SCHEMES or "@" in parts.netloc:
+        return uri
+    userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def _check_local_input(source: str) -> None:
+    """Plain paths: fail fast with a clear line for missing files and directories."""
+    from stream.uri import parse_source
+
+    spec = parse_source(source)
+    if spec.kind != "file":
+        return
+    path = Path(spec.url.removeprefix("file://"))
+    if path.is_dir():
+        raise BadInput(f"{source} is a directory, not a video")
+    if not path.exists():
+        raise BadInput(f"{source}: no such file")
+
+
+def _default_output(source: str) -> str:
+    from stream.uri import parse_source
+
+    spec = parse_source(source)
+    if spec.kind != "file":
+        raise BadInput("live and piped sources need an output: -o PATH|URL|-")
+    path = Path(spec.url.removeprefix("file://"))
+    return str(path.with_name(f"{path.stem}_dehazed.mp4"))
+
+
+@contextlib.contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    """First SIGINT/SIGTERM: set ``stop`` (drain, finalize, exit 0). Second: leave at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = {"count": 0}
+
+    def handler(signum: int, _frame: object) -> None:
+        hits["count"] += 1
+        if hits["count"] > 1:
+            os._exit(EXIT_HARD_STOP)
+        logger.warning("%s: finishing the output (send again to quit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Progress:
+    """tqdm bar for files on a terminal, periodic log lines for live sources, silence otherwise."""
+
+    def __init__(self, total: int | None, *, use_bar: bool, live: bool) -> None:
+        self._bar: Any = None
+        self._live = live
+        self._last_status = time.perf_counter()
+        if use_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, leave=False)
+
+    def update(self, event: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(fps=f"{event.fps:.1f}", drops=event.frames_dropped, refresh=False)
+        elif self._live and time.perf_counter() - self._last_status >= STATUS_EVERY_S:
+            self._last_status = time.perf_counter()
+            logger.info(
+                "status: %d frames out, %.1f fps, %.0f ms latency, %d dropped",
+                event.frames_out, event.fps, event.latency_ms, event.frames_dropped,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class DehazeJob:
+    """Everything ``dehaze`` and ``demo`` need to run one source into one sink."""
+
+    source: str
+    output: str
+    output_format: str | None
+    pipeline: Any  # PipelineConfig
+    encoder: Any  # EncoderConfig
+    stats_path: Path | None
+    metrics_port: int | None
+    metrics_addr: str
+    density_log: Path | None
+
+
+def _run_job(job: DehazeJob, dehazer: Any) -> Any:
+    """Open, run, finalize. Returns RunStats."""
+    import dataclasses
+
+    from pipelines.metrics import MetricsServer
+    from pipelines.runner import run
+    from stream.sink import open_sink
+    from stream.source import SourceOptions, open_source
+    from stream.uri import redact
+
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_source(job.source, SourceOptions()))
+        info = source.info
+        out_info = dataclasses.replace(info, width=info.width * 2) if job.pipeline.side_by_side else info
+        sink = open_sink(job.output, out_info, job.encoder, audio_from=info, fmt=job.output_format)
+        stack.callback(sink.close)  # flush + trailer + rename, also after an error
+        to_stdout = job.output == "-"
+        total = job.pipeline.max_frames or info.frame_count
+        progress = _Progress(total, use_bar=sys.stderr.isatty() and not to_stdout and not info.is_live,
+                             live=info.is_live)  # fmt: skip
+        stack.callback(progress.close)
+        callbacks: list[Callable[[Any], None]] = [progress.update]
+        if job.metrics_port is not None:
+            metrics = MetricsServer(job.metrics_port, job.metrics_addr, reconnects=lambda: source.stats.reconnects)
+            stack.callback(metrics.close)
+            callbacks.append(metrics.update)
+        if job.density_log is not None:
+            job.density_log.parent.mkdir(parents=True, exist_ok=True)
+            density_file: TextIO = stack.enter_context(job.density_log.open("w"))
+
+            def log_density(event: Any) -> None:
+                if event.density is not None:
+                    record = {"pts": event.pts, "time_s": event.time_s, "density": round(event.density, 6)}
+                    density_file.write(json.dumps(record) + "\n")
+
+            callbacks.append(log_density)
+
+        def on_frame(event: Any) -> None:
+            for callback in callbacks:
+                callback(event)
+
+        logger.info("dehazing %s -> %s (%dx%d, %s)", redact(job.source), redact(job.output), info.width,
+                    info.height, dehazer.name)  # fmt: skip
+        with _signals(stop):
+            stats = run(source, sink, dehazer, job.pipeline, stop_event=stop, on_frame=on_frame,
+                        on_end=sink.write_end)  # fmt: skip
+    if job.stats_path is not None:
+        _write_json(job.stats_path, stats.to_dict())
+    logger.info(
+        "%d frames in %.1f s (%.1f fps, latency p50 %.0f ms, p95 %.0f ms, %d dropped)%s",
+        stats.frames_out, stats.wall_s, stats.fps, stats.latency_ms_p50, stats.latency_ms_p95, stats.frames_dropped,
+        " (stopped early)" if stats.stopped_early else "",
+    )  # fmt: skip
+    return stats
+
+
+# --- dehaze -----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option("-o", "--output", help="Output file, URL (rtsp/rtmp/srt) or - for stdout. Default: <name>_dehazed.mp4.")
+@click.option("--format", "output_format", help="Container for stdout or to override the extension (mpegts, nut...).")
+@_model_options
+@click.option("--batch", type=int, default=1, show_default=True, help="Frames per network call.")
+@click.option("--guidance-every", type=int, default=8, show_default=True, help="Refresh CLIP guidance every N frames.")
+@click.option("--guidance-ema", type=float, default=0.5, show_default=True, help="Weight of fresh guidance (1 = none).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network.")
+@click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
+@click.option("--crf", type=int, default=23, show_default=True)
+@click.option("--preset", default="veryfast", show_default=True)
+@click.option("--gop", "gop_s", type=float, default=2.0, show_default=True, help="Keyframe interval in seconds (<= 2).")
+@click.option("--max-frames", type=int, help="Stop after N frames.")
+@click.option("--duration", "duration_s", type=float, help="Stop after this many seconds of input.")
+@click.option("--side-by-side", is_flag=True, help="Write before | after frames.")
+@click.option("--stats", "stats_path", type=click.Path(path_type=Path, dir_okay=False), help="Write a JSON summary.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Bind address of the metrics endpoint.")
+@click.option("--density-log", type=click.Path(path_type=Path, dir_okay=False), help="JSON lines: pts, mean density.")
+@click.option("--rtsp-user", envvar="CLIPHAZE_RTSP_USER", help="RTSP user (env CLIPHAZE_RTSP_USER).")
+@click.option("--rtsp-password", envvar="CLIPHAZE_RTSP_PASSWORD", help="RTSP password (env CLIPHAZE_RTSP_PASSWORD).")
+@_verbosity_options
+@click.pass_obj
+def dehaze(app: AppContext, source: str, output: str | None, output_format: str | None, model: str,
+           weights: Path | None, device: str, precision: str, scan_backend: str, batch: int, guidance_every: int,
+           guidance_ema: float, scale: float, use_compile: bool, codec: str, crf: int, preset: str, gop_s: float,
+           max_frames: int | None, duration_s: float | None, side_by_side: bool, stats_path: Path | None,
+           metrics_port: int | None, metrics_addr: str, density_log: Path | None, rtsp_user: str | None,
+           rtsp_password: str | None) -> None:  # fmt: skip
+    """Dehaze SOURCE (file, rtsp/rtmp/srt/http URL, /dev/videoN, or - for stdin)."""
+    from pipelines.config import GuidanceCacheConfig, PipelineConfig
+
+    source = _with_credentials(source, rtsp_user, rtsp_password)
+    _check_local_input(source)
+    pipeline = PipelineConfig(
+        batch=batch,
+        device=device,
+        precision=precision,
+        guidance=GuidanceCacheConfig(refresh_every=guidance_every, ema_weight=guidance_ema),
+        scale=scale,
+        use_compile=use_compile,
+        side_by_side=side_by_side,
+        max_frames=max_frames,
+        max_duration_s=duration_s,
+        want_density=density_log is not None or metrics_port is not None,
+    )
+    encoder = _encoder_config(codec, crf, preset, gop_s)
+    job = DehazeJob(source, output or _default_output(source), output_format, pipeline, encoder, stats_path,
+                    metrics_port, metrics_addr, density_log)  # fmt: skip
+    dehazer = _make_dehazer(model, weights, device, precision, scan_backend)
+    _run_job(job, dehazer)
+
+
+def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:
+    from stream.encoder import EncoderConfig
+
+    try:
+        return EncoderConfig(codec=codec, crf=crf, preset=preset, gop_s=gop_s)
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+
+
+# --- demo -------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("-o", "--output", default=DEMO_OUTPUT, show_default=True, help="Before/after video to write.")
+@_model_options
+@_verbosity_options
+@click.pass_obj
+def demo(app: AppContext, output: str, model: str, weights: Path | None, device: str, precision: str,
+         scan_backend: str) -> None:  # fmt: skip
+    """Dehaze the bundled hazy sample clip into a side-by-side before/after video."""
+    from pipelines.config import PipelineConfig
+    from stream.encoder import EncoderConfig
+
+    with importlib.resources.as_file(importlib.resources.files("cliphaze") / "assets" / SAMPLE_CLIP) as sample:
+        if not sample.is_file():
+            raise RuntimeFailure(f"the bundled sample clip {SAMPLE_CLIP} is missing from this installation")
+        job = DehazeJob(str(sample), output, None, PipelineConfig(device=device, precision=precision,
+                        side_by_side=True), EncoderConfig(), None, None, "127.0.0.1", None)  # fmt: skip
+        dehazer = _make_dehazer(model, weights, device, precision, scan_backend)
+        stats = _run_job(job, dehazer)
+    click.echo(f"wrote {output}: {stats.frames_out} frames, hazy | dehazed ({dehazer.name}, {stats.fps:.1f} fps)")
+
+
+# --- image ------------------------------------------------------------------------------------------------
+
+
+def _collect_images(inputs: tuple[Path, ...]) -> list[Path]:
+    images: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BadInput(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+        elif item.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(item)
+        else:
+            raise BadInput(f"{item}: not an image ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output image (one input) or folder.")  # fmt: skip
+@_model_options
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
+@_verbosity_options
+@click.pass_obj
+def image(app: AppContext, inputs: tuple[Path, ...], output: Path, model: str, weights: Path | None, device: str,
+          precision: str, scan_backend: str, scale: float) -> None:  # fmt: skip
+    """Dehaze images and folders of images."""
+    import cv2
+    import torch
+
+    if not 0.0 < scale <= 1.0:
+        raise BadInput(f"scale must be in (0, 1], got {scale}")
+    images = _collect_images(inputs)
+    single = len(images) == 1 and output.suffix.lower() in IMAGE_SUFFIXES
+    if not single:
+        if output.exists() and not output.is_dir():
+            raise BadInput(f"{output}: several images need an output folder")
+        output.mkdir(parents=True, exist_ok=True)
+    dehazer = _make_dehazer(model, weights, device, precision, scan_backend)
+    for path in images:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise BadInput(f"{path}: cannot be read as an image")
+        frames = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))[None].to(dehazer.device)
+        reset = getattr(dehazer, "reset", None)  # stateful dehazers (dcp's airlight EMA): images are independent
+        if reset is not None:
+            reset()
+        restored = dehazer.restore(frames, None, scale=scale)[0].cpu().numpy()
+        target = output if single else output / f"{path.stem}{path.suffix}"
+        if not cv2.imwrite(str(target), cv2.cvtColor(restored, cv2.COLOR_RGB2BGR)):
+            raise RuntimeFailure(f"cannot write {target}")
+        logger.info("%s -> %s", path, target)
+    click.echo(f"dehazed {len(images)} image(s) with {dehazer.name} -> {output}")
+
+
+# --- probe ------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--codec", default="libx264", show_default=True, help="Encoder that would be requested.")
+@click.option("--rtsp-user", envvar="CLIPHAZE_RTSP_USER")
+@click.option("--rtsp-password", envvar="CLIPHAZE_RTSP_PASSWORD")
+@_verbosity_options
+@click.pass_obj
+def probe(app: AppContext, source: str, device: str, codec: str, rtsp_user: str | None,
+          rtsp_password: str | None) -> None:  # fmt: skip
+    """Show what dehazing SOURCE would do (streams, colour, device and encoder paths) without processing."""
+    from pipelines.dehazers import choose_dehazer, resolve_device
+    from stream.encoder import select_codec
+    from stream.source import SourceOptions, open_source
+    from stream.uri import redact
+
+    source = _with_credentials(source, rtsp_user, rtsp_password)
+    _check_local_input(source)
+    with open_source(source, SourceOptions()) as src:
+        info = src.info
+    rate = f"{float(info.fps):.3f} fps" if info.fps else "unknown rate"
+    lines = [
+        f"source:   {redact(source)} ({'live' if info.is_live else 'file/pipe'})",
+        f"video:    {info.codec} {info.width}x{info.height} {info.pix_fmt}, {rate}",
+        f"colour:   matrix {info.color_matrix}, range {info.color_range}, rotation {info.rotation}",
+    ]
+    if info.duration_s is not None:
+        lines.append(f"duration: {info.duration_s:.2f} s" + (f", {info.frame_count} frames" if info.frame_count else ""))
+    for audio in info.audio:
+        lines.append(f"audio:    #{audio.index} {audio.codec} {audio.sample_rate} Hz, {audio.channels} ch (copied)")
+    resolved = resolve_device(device)
+    choice = choose_dehazer("auto", None)
+    lines += [
+        f"device:   {resolved} (requested {device}); decode on the CPU, upload to {resolved}",
+        f"model:    {choice.model} ({choice.note})",
+        f"encoder:  {select_codec(codec)} (requested {codec}), yuv420p BT.709 limited range",
+    ]
+    click.echo("\n".join(lines))
+
+
+# --- models -----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@_verbosity_options
+def models() -> None:
+    """List the CLIPHaze variants (params, GMACs) and the baselines."""
+    from cliphaze.complexity import format_model_table
+    from pipelines.dehazers import default_weights
+
+    click.echo(format_model_table())
+    bundled = default_weights()
+    click.echo(f"trained default: {bundled.name if bundled else 'not installed (auto uses dcp)'}")
+    click.echo("baselines: dcp (dark channel prior, real time on a CPU), none (passthrough)")
+
+
+# --- bench ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print numbers (scan kernels, video I/O, the whole pipeline)."""
+
+
+@bench.command("scan")
+@_verbosity_options
+def bench_scan() -> None:
+    """Selective-scan backends: forward and forward+backward time."""
+    from cliphaze.ops.bench import ScanBenchConfig, format_scan_report, run_scan_benchmark
+
+    config = ScanBenchConfig()
+    click.echo(format_scan_report(config, run_scan_benchmark(config)))
+
+
+@bench.command("io")
+@_verbosity_options
+def bench_io() -> None:
+    """Decode and encode throughput of the stream package."""
+    if not _module_exists("stream.bench"):
+        raise RuntimeFailure("stream.bench is not part of this installation yet")
+    from stream.bench import run_io_benchmark
+
+    result = run_io_benchmark()
+    if result is not None:
+        click.echo(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+
+
+@bench.command("pipeline")
+@click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of the generated clips.")
+@click.option("--variants", default="cliphaze_tiny,cliphaze_t", show_default=True,
+              help="CLIPHaze variants for (b), random weights (speed only).")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the numbers.")
+@_verbosity_options
+def bench_pipeline(seconds: float, variants: str, json_path: Path | None) -> None:
+    """(a) I/O overhead vs ffmpeg, (b) model vs pipeline fps, (c) guidance every 1 vs 8, (d) dcp fps."""
+    from pipelines.bench import run_pipeline_benchmark
+
+    results = run_pipeline_benchmark(seconds=seconds, variants=[v for v in variants.split(",") if v],
+                                     report=click.echo)  # fmt: skip
+    if json_path is not None:
+        _write_json(json_path, results)
+
+
+if __name__ == "__main__":
+    main()

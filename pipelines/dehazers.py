@@ -1,0 +1,112 @@
+"""Choosing a dehazer and a device by name: what the CLI and the benchmarks share.
+
+``auto`` means the trained default CLIPHaze bundle when it is installed (``cliphaze/weights/
+cliphaze-t.safetensors``, found with importlib.resources) and ``dcp`` otherwise. Randomly initialised
+networks are never a default: ``cliphaze`` without weights is an error.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cliphaze.dehazer import Dehazer
+
+logger = logging.getLogger(__name__)
+
+MODEL_CHOICES = ("auto", "cliphaze", "dcp", "none")
+DEFAULT_BUNDLE = "cliphaze-t.safetensors"  # trained default shipped under cliphaze/weights/
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DehazerChoiceError(ValueError):
+    """An unusable model, weights or device choice (reported to users as bad input)."""
+
+
+@dataclass(frozen=True)
+class DehazerChoice:
+    """What was picked and why (the CLI says it once)."""
+
+    model: str  # "cliphaze" | "dcp" | "none"
+    weights: Path | None  # bundle for cliphaze
+    note: str  # one line for the log, e.g. why dcp replaced auto
+
+
+def default_weights() -> Path | None:
+    """The bundled trained CLIPHaze weights, or None while none are shipped."""
+    try:
+        candidate = importlib.resources.files("cliphaze") / "weights" / DEFAULT_BUNDLE
+    except ModuleNotFoundError:
+        return None
+    path = Path(str(candidate))
+    return path if path.is_file() else None
+
+
+def choose_dehazer(model: str, weights: Path | None) -> DehazerChoice:
+    """Resolve ``auto`` and check that ``cliphaze`` has weights.
+
+    Raises:
+        DehazerChoiceError: unknown model, or cliphaze without any weights.
+    """
+    if model not in MODEL_CHOICES:
+        raise DehazerChoiceError(f"unknown model {model!r}; choose from {', '.join(MODEL_CHOICES)}")
+    if weights is not None and model in ("auto", "cliphaze"):
+        return DehazerChoice("cliphaze", weights, f"model: cliphaze from {weights}")
+    if weights is not None:
+        raise DehazerChoiceError(f"--weights only applies to the cliphaze model, not {model}")
+    bundled = default_weights()
+    if model == "cliphaze":
+        if bundled is None:
+            raise DehazerChoiceError("no trained CLIPHaze weights are installed; pass --weights BUNDLE")
+        return DehazerChoice("cliphaze", bundled, f"model: cliphaze (bundled {bundled.name})")
+    if model == "auto":
+        if bundled is not None:
+            return DehazerChoice("cliphaze", bundled, f"model: cliphaze (bundled {bundled.name})")
+        return DehazerChoice("dcp", None, "no trained CLIPHaze weights installed yet: using the dcp dehazer")
+    return DehazerChoice(model, None, f"model: {model}")
+
+
+def resolve_device(text: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``cuda:N`` is checked to exist.
+
+    Raises:
+        DehazerChoiceError: malformed name, or a CUDA device that is not there.
+    """
+    if not _DEVICE_RE.match(text):
+        raise DehazerChoiceError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DehazerChoiceError(f"device {text} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DehazerChoiceError(f"device {text} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return device
+
+
+def create_dehazer(
+    choice: DehazerChoice,
+    device: torch.device,
+    *,
+    precision: str = "fp32",
+    scan_backend: str = "auto",
+) -> Dehazer:
+    """Instantiate the chosen dehazer on ``device``."""
+    if choice.model == "dcp":
+        from cliphaze.baselines.dcp import DarkChannelDehazer
+
+        return DarkChannelDehazer(device)
+    if choice.model == "none":
+        from cliphaze.baselines.none import PassthroughDehazer
+
+        return PassthroughDehazer(device)
+    from cliphaze.cliphaze_dehazer import load_dehazer
+
+    assert choice.weights is not None  # choose_dehazer guarantees it
+    return load_dehazer(choice.weights, device=device, precision=precision, scan_backend=scan_backend)

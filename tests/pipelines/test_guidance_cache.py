@@ -1,0 +1,109 @@
+"""Guidance cache: exact parity at N=1, real skipping of encode_guidance, scene cuts, EMA."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pipeline_fakes import CountingDehazer, ListSink, ListSource, make_frames
+
+from cliphaze.guidance_types import Guidance
+from pipelines.config import GuidanceCacheConfig, PipelineConfig
+from pipelines.cuda_streams import create_streams
+from pipelines.guidance_cache import GuidanceCache
+from pipelines.runner import run
+
+EXACT = GuidanceCacheConfig(refresh_every=1, ema_weight=1.0)
+
+
+def _frame_by_frame(dehazer: CountingDehazer, frames: list) -> list[np.ndarray]:
+    out = []
+    for frame in frames:
+        x = torch.from_numpy(frame.data)[None]
+        out.append(dehazer.restore(x, dehazer.encode_guidance(x))[0].numpy())
+    return out
+
+
+def test_every_frame_without_blending_equals_frame_by_frame_calls() -> None:
+    frames = make_frames(12, cut_at=6)
+    expected = _frame_by_frame(CountingDehazer(), frames)
+    sink = ListSink()
+    run(ListSource(frames), sink, CountingDehazer(), PipelineConfig(guidance=EXACT))
+    assert len(sink.frames) == len(expected)
+    for got, want in zip(sink.frames, expected):
+        assert np.array_equal(got.data, want)
+
+
+def test_cache_skips_encode_guidance_calls() -> None:
+    frames = make_frames(40)
+    dehazer = CountingDehazer()
+    config = PipelineConfig(guidance=GuidanceCacheConfig(refresh_every=8, ema_weight=1.0))
+    stats = run(ListSource(frames), ListSink(), dehazer, config)
+    assert dehazer.encode_calls == math.ceil(40 / 8) == stats.guidance_misses
+    assert stats.guidance_hits == 40 - dehazer.encode_calls
+    # restore never recomputed guidance itself (it always got the cached one)
+    assert dehazer.encoded_frames == dehazer.encode_calls
+
+
+def test_cache_with_batches_counts_per_frame() -> None:
+    dehazer = CountingDehazer()
+    config = PipelineConfig(batch=3, guidance=GuidanceCacheConfig(refresh_every=4, ema_weight=1.0))
+    stats = run(ListSource(make_frames(20)), ListSink(), dehazer, config)
+    assert dehazer.encode_calls == 5 and stats.guidance_misses == 5 and stats.guidance_hits == 15
+
+
+def test_scene_cut_refreshes_at_once() -> None:
+    frames = make_frames(20, cut_at=5)
+    dehazer = CountingDehazer()
+    config = PipelineConfig(guidance=GuidanceCacheConfig(refresh_every=100, ema_weight=0.5))
+    sink = ListSink()
+    stats = run(ListSource(frames), sink, dehazer, config)
+    assert stats.guidance_invalidations == 1
+    assert dehazer.encode_calls == 2  # first frame + the cut
+    # after the cut the output uses the new scene's guidance, not a blend with the old one
+    want = _frame_by_frame(CountingDehazer(), frames[5:6])[0]
+    assert np.array_equal(sink.frames[5].data, want)
+
+
+def test_ema_blends_fresh_guidance() -> None:
+    dehazer = CountingDehazer()
+    cache = GuidanceCache(dehazer, GuidanceCacheConfig(refresh_every=1, ema_weight=0.25), create_streams(dehazer.device))
+    dark = torch.full((1, 8, 8, 3), 40, dtype=torch.uint8)
+    lighter = torch.full((1, 8, 8, 3), 50, dtype=torch.uint8)  # small change: no scene cut
+    first, _, _ = cache.guidance_for(dark)
+    second, _, _ = cache.guidance_for(lighter)
+    assert first.density is not None and second.density is not None
+    expected = 40 / 255 + 0.25 * (50 / 255 - 40 / 255)
+    assert second.density.flatten()[0].item() == pytest.approx(expected, rel=1e-6)
+    assert cache.counters.misses == 2 and cache.counters.invalidations == 0
+
+
+def test_invalidate_forces_a_refresh() -> None:
+    dehazer = CountingDehazer()
+    cache = GuidanceCache(dehazer, GuidanceCacheConfig(refresh_every=50), create_streams(dehazer.device))
+    frames = torch.full((2, 8, 8, 3), 60, dtype=torch.uint8)
+    cache.guidance_for(frames)
+    assert (cache.counters.misses, cache.counters.hits) == (1, 1)
+    cache.invalidate()
+    cache.guidance_for(frames[:1])
+    assert cache.counters.misses == 2
+
+
+def test_density_is_logged_for_dehazers_without_guidance() -> None:
+    dehazer = CountingDehazer(uses_guidance=False)
+    densities: list[float | None] = []
+    config = PipelineConfig(want_density=True, guidance=GuidanceCacheConfig(refresh_every=2))
+    run(ListSource(make_frames(6)), ListSink(), dehazer, config, on_frame=lambda e: densities.append(e.density))
+    assert len(densities) == 6 and all(d is not None and 0.0 < d < 1.0 for d in densities)
+    assert dehazer.encode_calls == 3
+
+
+def test_batched_guidance_is_concatenated_per_frame() -> None:
+    dehazer = CountingDehazer()
+    cache = GuidanceCache(dehazer, GuidanceCacheConfig(refresh_every=2, ema_weight=1.0), create_streams(dehazer.device))
+    frames = torch.stack([torch.full((8, 8, 3), v, dtype=torch.uint8) for v in (40, 41, 42, 43)])
+    batch, per_frame, _ = cache.guidance_for(frames)
+    assert isinstance(batch, Guidance) and batch.batch_size == 4 and len(per_frame) == 4
+    assert per_frame[0] is per_frame[1] and per_frame[2] is per_frame[3] and per_frame[1] is not per_frame[2]

@@ -1,0 +1,104 @@
+"""dcp and none dehazers behind the Dehazer protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cliphaze.baselines.dcp import DarkChannelDehazer, DcpConfig, dark_channel
+from cliphaze.baselines.none import PassthroughDehazer
+from cliphaze.dehazer import Dehazer
+
+AIRLIGHT = 0.85
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.fixture(scope="module")
+def clear_and_hazy() -> tuple[np.ndarray, np.ndarray]:
+    """skimage's astronaut under homogeneous-by-rows synthetic haze (t from 0.35 at the top to 0.8)."""
+    from skimage import data
+
+    clear = data.astronaut()  # (512, 512, 3) uint8
+    height = clear.shape[0]
+    t = np.linspace(0.35, 0.8, height, dtype=np.float32)[:, None, None]
+    hazy = clear.astype(np.float32) / 255.0 * t + AIRLIGHT * (1 - t)
+    return clear, np.clip(hazy * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_both_implement_the_protocol() -> None:
+    assert isinstance(DarkChannelDehazer(), Dehazer) and isinstance(PassthroughDehazer(), Dehazer)
+    assert not DarkChannelDehazer().uses_guidance and not PassthroughDehazer().uses_guidance
+
+
+def test_passthrough_is_identity() -> None:
+    frames = torch.randint(0, 256, (2, 6, 8, 3), dtype=torch.uint8)
+    assert torch.equal(PassthroughDehazer().restore(frames, None), frames)
+
+
+def test_dcp_removes_haze(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    clear, hazy = clear_and_hazy
+    out = DarkChannelDehazer().restore(torch.from_numpy(hazy)[None], None)[0].numpy()
+    assert out.shape == hazy.shape and out.dtype == np.uint8
+    assert _psnr(out, clear) > _psnr(hazy, clear) + 3.0
+    assert abs(out.mean() - clear.mean()) < abs(hazy.mean() - clear.mean())  # the airlight veil is gone
+
+
+def test_dcp_scale_still_removes_haze(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    clear, hazy = clear_and_hazy
+    out = DarkChannelDehazer().restore(torch.from_numpy(hazy)[None], None, scale=0.25)[0].numpy()
+    assert out.shape == hazy.shape
+    assert _psnr(out, clear) > _psnr(hazy, clear) + 3.0
+
+
+def test_dcp_airlight_estimate_and_ema(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    _, hazy = clear_and_hazy
+    dcp = DarkChannelDehazer(config=DcpConfig(airlight_ema_weight=0.5))
+    dcp.restore(torch.from_numpy(hazy)[None], None)
+    assert dcp._airlight is not None
+    first = dcp._airlight.clone()
+    assert torch.all((first / 255.0 - AIRLIGHT).abs() < 0.1)
+    dark = torch.from_numpy((hazy // 3).copy())[None]  # a much darker frame
+    dcp.restore(dark, None)
+    one_frame = DarkChannelDehazer()
+    one_frame.restore(dark, None)
+    assert one_frame._airlight is not None
+    # EMA with weight 0.5: halfway between the previous state and the new frame's estimate
+    assert torch.allclose(dcp._airlight, (first + one_frame._airlight) / 2, atol=1e-3)
+    dcp.reset()
+    assert dcp._airlight is None
+
+
+def test_dcp_batch_matches_sequential_calls(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    _, hazy = clear_and_hazy
+    frames = torch.stack([torch.from_numpy(hazy), torch.from_numpy(hazy[::-1].copy())])
+    batched = DarkChannelDehazer().restore(frames, None)
+    seq = DarkChannelDehazer()
+    one_by_one = torch.cat([seq.restore(frames[i : i + 1], None) for i in range(2)])
+    assert (batched.int() - one_by_one.int()).abs().max() <= 1
+
+
+def test_dcp_density_guidance(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    _, hazy = clear_and_hazy
+    g = DarkChannelDehazer().encode_guidance(torch.from_numpy(hazy)[None])
+    assert g.density is not None and g.density.shape == (1, 1, 7, 7)
+    top, bottom = g.density[0, 0, 0].mean().item(), g.density[0, 0, -1].mean().item()
+    assert 0.0 <= bottom < top <= 1.0  # the top rows are hazier
+
+
+def test_dark_channel_is_a_min_filter() -> None:
+    images = torch.ones(1, 3, 9, 9)
+    images[0, 1, 4, 4] = 0.0
+    dark = dark_channel(images, 3)
+    assert dark[0, 0, 3:6, 3:6].eq(0).all() and dark[0, 0, 0, 0] == 1 and dark[0, 0, 2, 4] == 1
+
+
+def test_dcp_config_checks() -> None:
+    with pytest.raises(ValueError):
+        DcpConfig(omega=0.0)
+    with pytest.raises(ValueError):
+        DcpConfig(t0=1.0)

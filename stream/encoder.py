@@ -30,6 +30,9 @@ class EncoderConfig:
     preset: str = "veryfast"  # x264/x265 preset; NVENC gets p1..p7 mapped from it
     gop_s: float = 2.0  # keyframe interval, closed GOP, at most 2 s (NVR segmenting cuts on keyframes)
     low_latency: bool = False  # no B-frames + zerolatency tune (live publishing)
+    # None = encoder default, except 0 for fragmented MP4: its timeline cannot start at a negative DTS,
+    # so B-frames would shift every output PTS by their reorder delay (2 frames with x264 defaults)
+    b_frames: int | None = None
     pix_fmt: str = "yuv420p"  # output pixel format (8-bit 4:2:0 plays everywhere)
     threads: int = 0  # encoder threads; 0 = FFmpeg's choice
     segment_time_s: float | None = None  # file sinks: cut a new file every N s (keyframe aligned)
@@ -78,8 +81,23 @@ def _nvenc_preset(preset: str) -> str:
     return "p1" if preset in fast[:2] else "p3" if preset in fast else "p5"
 
 
-def configure(stream: av.video.stream.VideoStream, codec: str, config: EncoderConfig, fps: Fraction | None) -> None:
-    """Apply ``config`` to a freshly added video stream (profile, GOP, rate control, colour tags)."""
+def configure(
+    stream: av.video.stream.VideoStream,
+    codec: str,
+    config: EncoderConfig,
+    fps: Fraction | None,
+    *,
+    b_frames: int | None = None,
+) -> None:
+    """Apply ``config`` to a freshly added video stream (profile, GOP, rate control, colour tags).
+
+    Args:
+        stream: The output video stream, before the first frame.
+        codec: Encoder name after selection.
+        config: Encoder settings.
+        fps: Nominal source rate (GOP length); None = 25.
+        b_frames: Maximum B-frames; None = the config's choice or the encoder default.
+    """
     ctx = stream.codec_context
     rate = fps or DEFAULT_FPS
     gop = max(1, int(rate * Fraction(config.gop_s).limit_denominator(1000)))
@@ -92,14 +110,15 @@ def configure(stream: av.video.stream.VideoStream, codec: str, config: EncoderCo
     ctx.colorspace = BT709
     ctx.color_range = RANGE_LIMITED
     opts: dict[str, str] = {}
-    if config.low_latency:
-        ctx.max_b_frames = 0
+    b_frames = 0 if config.low_latency else config.b_frames if config.b_frames is not None else b_frames
+    if b_frames is not None:
+        ctx.max_b_frames = b_frames
     if codec in ("libx264", "libx265"):
         opts["preset"] = config.preset
         if config.low_latency:
             opts["tune"] = "zerolatency"
         if codec == "libx264":
-            ctx.profile = "High"
+            opts["profile"] = "high"
             opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:open-gop=0:scenecut=0"
         else:
             opts["x265-params"] = f"keyint={gop}:min-keyint={gop}:open-gop=0:scenecut=0:log-level=warning"

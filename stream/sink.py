@@ -4,6 +4,11 @@ Files are written under ``<target>.part`` and renamed on close (``.mp4`` fragmen
 leaves a playable ``.part`` up to the last fragment). Output PTS are the input PTS (VFR survives);
 audio packets carried by each ``Frame`` are stream-copied before that frame is encoded.
 
+Fragmented MP4 has no edit list (its moov is written before the first sample), so each track starts at
+0: when audio starts earlier than video (AAC priming, -1024 samples), FFmpeg shifts the whole file by
+that amount and the first video frame is held slightly longer; A/V sync is kept. Fragmented MP4 also
+gets no B-frames (a negative first DTS would shift every PTS). Use ``.mkv`` for exact timestamps.
+
 Example:
     with open_source("in.mp4") as src, open_sink("out.mp4", src.info, audio_from=src.info) as sink:
         for frame in src:
@@ -142,7 +147,8 @@ class FrameSink:
         if raw:
             self._video.pix_fmt = self.config.pix_fmt
         else:
-            configure(self._video, codec, self.config, self.info.fps)
+            fragmented_mp4 = self.spec.format == "mp4" and self.config.fragment_mp4
+            configure(self._video, codec, self.config, self.info.fps, b_frames=0 if fragmented_mp4 else None)
             if self.info.rotation:
                 self._video.set_display_rotation(self.info.rotation)  # frames stay unrotated, like the input
         return codec

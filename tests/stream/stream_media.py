@@ -20,7 +20,7 @@ def ffmpeg(*args: str) -> None:
 
 
 def make_vfr(path: Path) -> Path:
-    """H.264 MP4 whose frame spacing changes from 40 ms to 100 ms after frame 10 (16 frames)."""
+    """H.264 MP4 with irregular frame spacing (40 ms, then 80-120 ms gaps; 16 frames)."""
     ffmpeg(
         "-f", "lavfi", "-i", f"testsrc=size=96x64:rate={RATE}", "-frames:v", "16",
         "-vf", "setpts='if(lt(N,10),N*0.04,0.4+(N-10)*0.1)/TB'", "-fps_mode", "passthrough",

@@ -74,6 +74,8 @@ def _classify_open_error(exc: BaseException, spec: SourceSpec) -> SourceOpenErro
         if isinstance(exc, av.error.InvalidDataError):
             return SourceOpenError(f"not a video file (FFmpeg cannot read it): {where}")
         return SourceOpenError(f"cannot open {where}: {reason}")
+    if "protocol not found" in reason.lower():
+        return SourceOpenError(f"{spec.kind} input is not supported by this FFmpeg build: {where}")
     if any(word in reason.lower() for word in _UNAUTHORIZED) or isinstance(exc, PermissionError):
         return SourceOpenError(f"authentication failed for {where} (wrong user or password?)")
     return SourceOpenError(f"cannot connect to {where}: {reason}")

@@ -32,7 +32,7 @@ from stream.convert import even_size, rgb_to_yuv420p
 from stream.encoder import DEFAULT_FPS, EncoderConfig, configure, select_codec
 from stream.errors import EncodeError, SinkOpenError
 from stream.records import EndOfStream, Frame, VideoInfo
-from stream.uri import SinkSpec, parse_sink
+from stream.uri import SinkSpec, parse_sink, redact
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,16 @@ class FrameSink:
         try:
             self._container = av.open(self._path, "w", format=fmt, options=options)
         except (av.error.FFmpegError, OSError) as exc:
-            raise SinkOpenError(f"cannot open output {spec.display}: {_reason(exc)}") from exc
+            raise SinkOpenError(f"cannot open output {spec.display}: {_reason(exc)}") from self._cause(exc)
         try:
             self._codec = self._add_video(fmt)
             self._audio_map = self._add_audio(audio_from, fmt)
-        except (av.error.FFmpegError, ValueError) as exc:
-            self._container.close()
-            raise SinkOpenError(f"cannot set up encoder for {spec.display}: {_reason(exc)}") from exc
+            # Open the encoders and write the header now: a refused publish target or an unsupported
+            # codec/container pair fails here, as SinkOpenError, not at the first (buffered) packet.
+            self._container.start_encoding()
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            self._abandon()
+            raise SinkOpenError(f"cannot set up output {spec.display}: {_reason(exc)}") from self._cause(exc)
         self._last_pts: int | None = None
         self._frames = self._packets = self._audio_packets = self._audio_dropped = 0
         self._warned_audio = self._warned_size = False
@@ -90,6 +93,21 @@ class FrameSink:
         logger.info("sink %s: %s %dx%d, %s", spec.display, self._codec, *self._size, fmt)
 
     # --- setup ---------------------------------------------------------------------------------------
+
+    def _abandon(self) -> None:
+        """Close after a failed open, keeping the original error; remove an empty ``.part``."""
+        try:
+            self._container.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            logger.debug("closing a failed output: %s", _reason(exc))
+        if self._final is not None and os.path.exists(self._path) and os.path.getsize(self._path) == 0:
+            os.remove(self._path)
+
+    def _cause(self, exc: BaseException) -> BaseException:
+        """``exc``, or a scrubbed copy when the URL has a password (FFmpeg's message repeats the URL)."""
+        if not self.spec.password:
+            return exc
+        return ConnectionError(redact(str(exc)).replace(self.spec.password, "***"))
 
     def _target(self) -> tuple[str, str | None, str, dict[str, str]]:
         """(path to open, final path to rename to or None, muxer, muxer options)."""
@@ -226,7 +244,7 @@ class FrameSink:
             packets = self._video.encode(video_frame)
             self._container.mux(packets)
         except (av.error.FFmpegError, OSError) as exc:
-            raise EncodeError(f"writing {self.spec.display} failed: {_reason(exc)}") from exc
+            raise EncodeError(f"writing {self.spec.display} failed: {_reason(exc)}") from self._cause(exc)
         self._frames += 1
         self._packets += len(packets)
 
@@ -236,7 +254,7 @@ class FrameSink:
             try:
                 self._mux_audio(end.packets)
             except OSError as exc:
-                raise EncodeError(f"writing {self.spec.display} failed: {_reason(exc)}") from exc
+                raise EncodeError(f"writing {self.spec.display} failed: {_reason(exc)}") from self._cause(exc)
 
     def close(self) -> None:
         """Flush the encoder, write the trailer, rename ``*.part``. Keeps what was written on error.
@@ -261,7 +279,7 @@ class FrameSink:
         if self._final is not None and os.path.exists(self._path):
             os.replace(self._path, self._final)
         if error is not None:
-            raise EncodeError(f"finishing {self.spec.display} failed: {_reason(error)}") from error
+            raise EncodeError(f"finishing {self.spec.display} failed: {_reason(error)}") from self._cause(error)
 
     def __enter__(self) -> FrameSink:
         return self
@@ -271,8 +289,6 @@ class FrameSink:
 
 
 def _reason(exc: BaseException) -> str:
-    from stream.uri import redact
-
     detail = getattr(exc, "strerror", None) or (exc.args[0] if exc.args else "") or type(exc).__name__
     return redact(str(detail))
 

@@ -377,7 +377,10 @@ class FrameSource:
         self._queue.put_end(_End(EndOfStream(self.options.source_id, packets, reason)))
 
     def _fail(self, error: StreamError) -> None:
-        logger.error("source %s failed: %s", self.spec.display, error)
+        if self.info is None:  # open failure: raised to the caller of open_source, not logged twice
+            logger.debug("source %s failed to open: %s", self.spec.display, error)
+        else:
+            logger.error("source %s failed: %s", self.spec.display, error)
         if self.info is None:
             self._open_error = error
             self._info_ready.set()

@@ -1,0 +1,56 @@
+"""stdout sinks: MPEG-TS piped into ``ffmpeg -i - -f null -`` decodes every frame; nothing else on stdout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Decodes a clip and writes it to stdout with the given format; logs (if any) go to stderr.
+WRITER = """
+import logging, sys
+from stream.encoder import EncoderConfig
+from stream.sink import open_sink
+from stream.source import open_source
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+fmt = sys.argv[2] or None
+with open_source(sys.argv[1]) as src, open_sink("-", src.info, EncoderConfig(preset="ultrafast"),
+                                                audio_from=src.info, fmt=fmt) as sink:
+    for frame in src:
+        sink.write(frame)
+    sink.write_end(src.end)
+"""
+TIMEOUT_S = 120
+
+
+def _pipe_into_ffmpeg(src: Path, fmt: str) -> tuple[int, str]:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(src), fmt], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    reader = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostats", "-i", "-", "-map", "0:v", "-f", "null", "-", "-progress", "pipe:1"],
+        stdin=writer.stdout, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert writer.stdout is not None
+    writer.stdout.close()
+    _, err = writer.communicate(timeout=TIMEOUT_S)
+    assert writer.returncode == 0, err.decode()
+    assert reader.returncode == 0, reader.stderr
+    frames = [int(line.split("=")[1]) for line in reader.stdout.splitlines() if line.startswith("frame=")]
+    return frames[-1], reader.stderr
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("", "mpegts"), ("nut", "nut"), ("y4m", "yuv4mpegpipe")])
+def test_stdout_decodes_every_frame(clips: dict[str, Path], fmt: str, name: str) -> None:
+    frames, log = _pipe_into_ffmpeg(clips["audio"], fmt)
+    assert frames == 25
+    assert f"Input #0, {name}" in log
+    if name != "yuv4mpegpipe":
+        assert "Audio: aac" in log  # audio travels in the stream too
+
+
+def test_stdout_mpegts_bikes_every_frame(clips: dict[str, Path]) -> None:
+    frames, _ = _pipe_into_ffmpeg(clips["bikes"], "")
+    assert frames == 250

@@ -1,0 +1,163 @@
+"""Selective-scan benchmark: ms per call, forward and forward+backward, per available backend.
+
+The default problem is SS2D's at 128x128: batch 1, 4 directions x d_inner 48 (Dm = 192), d_state 16,
+grouped B/C with G = 4, L = 16384, float32, delta_softplus, D and delta_bias set. ``cliphaze bench scan``
+and ``scripts/bench_scan.py`` print the table of ``format_scan_report``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cliphaze.ops import available_backends, resolve_backend, selective_scan
+from cliphaze.ops.scan.cpu_fused import get_kernels
+
+# Scale of the random raw delta: softplus(N(0, 1)·0.5 + bias) stays in SS2D's usual range.
+DELTA_SCALE = 0.5
+
+
+@dataclass(frozen=True)
+class ScanBenchConfig:
+    """Problem size and timing settings of the scan benchmark."""
+
+    batch: int = 1  # b
+    directions: int = 4  # SS2D scan directions; also the number of B/C groups G
+    d_inner: int = 48  # channels per direction; Dm = directions * d_inner
+    d_state: int = 16  # N
+    height: int = 128  # feature-map height; L = height * width
+    width: int = 128  # feature-map width
+    repeats: int = 3  # timed calls per backend and pass (the median is reported)
+    device: str = "cpu"  # torch device of the tensors
+    seed: int = 0  # RNG seed of the random inputs
+
+
+@dataclass(frozen=True)
+class ScanBenchResult:
+    """Timing of one backend; ``*_ratio`` is reference time / this time (higher is faster)."""
+
+    backend: str  # backend name ("auto" results are reported under the name it resolved to, plus "auto")
+    forward_ms: float  # median ms per forward call
+    forward_backward_ms: float  # median ms per forward + backward call
+    forward_ratio: float | None  # reference forward ms / forward_ms; None without a reference timing
+    forward_backward_ratio: float | None  # reference fwd+bwd ms / forward_backward_ms
+    backward_over_forward: float  # (forward_backward_ms - forward_ms) / forward_ms
+
+
+def _inputs(config: ScanBenchConfig) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(config.seed)
+    dim = config.directions * config.d_inner
+    length = config.height * config.width
+    shape = (config.batch, dim, length)
+    bc = (config.batch, config.directions, config.d_state, length)
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen)
+
+    tensors = {
+        "u": rand(*shape),
+        "delta": rand(*shape) * DELTA_SCALE,
+        "A": -torch.arange(1, config.d_state + 1, dtype=torch.float32).repeat(dim, 1),
+        "B": rand(*bc),
+        "C": rand(*bc),
+        "D": torch.ones(dim),
+        "delta_bias": rand(dim) * DELTA_SCALE - 2.0,
+    }
+    return {k: v.to(config.device).requires_grad_() for k, v in tensors.items()}
+
+
+def _median_ms(fn: Callable[[], None], repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def compile_time_s() -> float:
+    """Seconds the cpu_fused probe took (numba import + compile, or load from numba's on-disk cache)."""
+    return get_kernels().build_s
+
+
+def run_scan_benchmark(
+    config: ScanBenchConfig | None = None, backends: Sequence[str] | None = None
+) -> list[ScanBenchResult]:
+    """Time forward and forward+backward of each backend (default: every available one, plus "auto").
+
+    Each backend runs once untimed first (numba JIT / cache load, allocator warm-up).
+
+    Returns:
+        One result per backend, in the order run; ratios are relative to "reference" when it ran.
+    """
+    config = config or ScanBenchConfig()
+    if backends is None:
+        backends = [name for name, (ok, _) in available_backends(config.device).items() if ok] + ["auto"]
+    tensors = _inputs(config)
+
+    def call(name: str) -> torch.Tensor:
+        return selective_scan(
+            tensors["u"], tensors["delta"], tensors["A"], tensors["B"], tensors["C"], D=tensors["D"],
+            delta_bias=tensors["delta_bias"], delta_softplus=True, backend=name,
+        )  # fmt: skip
+
+    timings: dict[str, tuple[float, float]] = {}
+    for name in backends:
+        resolve_backend(name, config.device)  # raises BackendUnavailable with the install hint
+
+        def forward(name: str = name) -> None:
+            with torch.no_grad():
+                call(name)
+
+        def forward_backward(name: str = name) -> None:
+            out = call(name)
+            out.backward(torch.ones_like(out))
+
+        forward()
+        forward_backward()
+        timings[name] = (
+            _median_ms(forward, config.repeats, config.device),
+            _median_ms(forward_backward, config.repeats, config.device),
+        )
+    ref = timings.get("reference")
+    results = []
+    for name, (fwd, fwd_bwd) in timings.items():
+        label = name if name != "auto" else f"auto->{resolve_backend('auto', config.device)}"
+        results.append(
+            ScanBenchResult(
+                backend=label,
+                forward_ms=fwd,
+                forward_backward_ms=fwd_bwd,
+                forward_ratio=None if ref is None else ref[0] / fwd,
+                forward_backward_ratio=None if ref is None else ref[1] / fwd_bwd,
+                backward_over_forward=(fwd_bwd - fwd) / fwd,
+            )
+        )
+    return results
+
+
+def format_scan_report(config: ScanBenchConfig, results: Sequence[ScanBenchResult]) -> str:
+    """The results as a plain-text table."""
+    dim = config.directions * config.d_inner
+    lines = [
+        f"selective scan: b={config.batch} D={dim} ({config.directions}x{config.d_inner}) N={config.d_state} "
+        f"G={config.directions} L={config.height * config.width} fp32 softplus+D+delta_bias, device={config.device}, "
+        f"torch threads={torch.get_num_threads()}, median of {config.repeats}",
+        f"{'backend':<20}{'fwd ms':>10}{'fwd+bwd ms':>12}{'fwd x ref':>11}{'f+b x ref':>11}{'bwd/fwd':>9}",
+    ]
+    for r in results:
+        fr = "-" if r.forward_ratio is None else f"{r.forward_ratio:.1f}"
+        fbr = "-" if r.forward_backward_ratio is None else f"{r.forward_backward_ratio:.1f}"
+        lines.append(
+            f"{r.backend:<20}{r.forward_ms:>10.1f}{r.forward_backward_ms:>12.1f}{fr:>11}{fbr:>11}"
+            f"{r.backward_over_forward:>9.2f}"
+        )
+    return "\n".join(lines)

@@ -29,3 +29,7 @@ class SinkOpenError(StreamError):
 
 class EncodeError(StreamError):
     """Encoding or muxing failed mid-run (e.g. disk full, publish target gone)."""
+
+
+class SourceTimeout(SourceOpenError, TimeoutError):
+    """The source accepted the connection but sent nothing within the deadline (a silent camera)."""

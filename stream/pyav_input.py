@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -17,7 +18,7 @@ import av
 import numpy as np
 
 from stream.convert import frame_to_rgb, matrix_of, range_of
-from stream.errors import DecodeError, SourceOpenError
+from stream.errors import DecodeError, SourceOpenError, SourceTimeout
 from stream.records import AudioInfo, VideoInfo
 from stream.uri import SourceSpec, redact
 
@@ -30,6 +31,11 @@ US_PER_S = 1_000_000  # FFmpeg's socket timeouts are in microseconds
 MAX_CONSECUTIVE_CORRUPT = 200  # corrupt packets in a row before a file is declared undecodable
 _NETWORK_KINDS = frozenset({"rtsp", "rtmp", "srt", "http", "hls"})
 _UNAUTHORIZED = ("401", "unauthorized", "authorization")
+TIMEOUT_FRACTION = 0.9  # an open that failed after this share of its deadline is reported as a timeout
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (TimeoutError, av.error.ExitError))
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class PyAVConnection:
         _check_path(spec)
         timeout = (options.open_timeout_s, options.read_timeout_s) if spec.kind in _NETWORK_KINDS else None
         fmt = "v4l2" if spec.kind == "v4l2" else None
+        started = time.monotonic()
         try:
             self._container = av.open(
                 spec.url, "r", format=fmt, options=container_options(spec, options, live), timeout=timeout
@@ -119,6 +126,12 @@ class PyAVConnection:
         except (av.error.FFmpegError, OSError) as exc:
             # FFmpeg's message repeats the URL; chain a scrubbed copy so tracebacks never show the password
             cause = ConnectionError(_scrub(str(exc), spec)) if spec.password else exc
+            elapsed_s = time.monotonic() - started
+            if timeout is not None and (elapsed_s >= TIMEOUT_FRACTION * options.open_timeout_s or _is_timeout(exc)):
+                # FFmpeg's interrupt surfaces as assorted errors ("Invalid data", "Exit requested")
+                raise SourceTimeout(
+                    f"{spec.display}: open timed out after {elapsed_s:.1f} s (server accepted but never answered?)"
+                ) from cause
             raise _classify_open_error(exc, spec) from cause
         self._spec = spec
         self.trailing_audio: tuple[Any, ...] = ()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.errors import SourceLost, SourceOpenError, StreamError
+from stream.errors import SourceLost, SourceOpenError, SourceTimeout, StreamError
 from stream.frame_queue import FrameQueue
 from stream.pyav_input import Connection, RawFrame, open_connection
 from stream.reconnect import PtsRebaser, ReconnectPolicy
@@ -145,6 +145,8 @@ class FrameSource:
             if not self.options.wait_for_source:
                 self.close()
                 raise SourceOpenError(f"{self.spec.display} did not open within {self.options.open_timeout_s:g} s")
+        if self._stopping.is_set() and self.info is None:
+            raise SourceOpenError(f"{self.spec.display} was closed before it opened")
         if self._open_error is not None:
             self.close()
             raise self._open_error
@@ -185,6 +187,7 @@ class FrameSource:
         """Stop reading; threads stuck inside FFmpeg are left behind as daemons, never waited on forever."""
         self._alive.clear()
         self._stopping.set()
+        self._info_ready.set()  # releases a start() still waiting for the source
         with self._lock:
             self._gen += 1
         self._queue.clear()
@@ -262,7 +265,7 @@ class FrameSource:
                     self._stalls += 1
                     self._reason = f"no data for {idle_s:.1f} s" if connected else f"open timed out after {idle_s:.1f} s"
                 logger.warning("source %s stalled: %s", self.spec.display, self._reason)
-                err = None if connected else SourceOpenError(f"{self.spec.display}: {self._reason}")
+                err = None if connected else SourceTimeout(f"{self.spec.display}: {self._reason}")
                 return "stalled", err, bool(result["delivered"])
         return result["outcome"], result["error"], bool(result["delivered"])
 
@@ -275,8 +278,13 @@ class FrameSource:
         try:
             conn = self._opener(self.spec, self.options, self.live)
         except StreamError as exc:
-            result.update(outcome="open failed", error=exc)
-            self._set(_reason=str(exc))
+            stalled = isinstance(exc, SourceTimeout)
+            result.update(outcome="stalled" if stalled else "open failed", error=exc)
+            with self._lock:
+                self._reason = str(exc)
+                if stalled:
+                    self._state = "stalled"
+                    self._stalls += 1
             if self.info is None and not (self.live and self.options.wait_for_source):
                 self._open_error = exc
                 self._info_ready.set()

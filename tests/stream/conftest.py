@@ -85,6 +85,8 @@ class RtspServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(SERVER_STOP_S)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.proc = None
 
 

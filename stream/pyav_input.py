@@ -106,7 +106,8 @@ def container_options(spec: SourceSpec, options: SourceOptions, live: bool) -> d
         opts["rw_timeout"] = str(int(options.read_timeout_s * US_PER_S))
     if live and options.fast_probe:
         opts["analyzeduration"] = str(int(options.probe_duration_s * US_PER_S))
-        opts["fflags"] = "nobuffer+discardcorrupt"
+        # nobuffer cuts network latency but makes the MP4 demuxer return nothing: network only
+        opts["fflags"] = "nobuffer+discardcorrupt" if spec.kind in _NETWORK_KINDS else "discardcorrupt"
     opts.update(options.container_options)
     return opts
 

@@ -188,7 +188,9 @@ def load_checkpoint(
     tensors, raw_meta = read_safetensors(path)
     version = raw_meta.get("format_version")
     if version != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path}: unknown checkpoint format_version {version!r} (this build reads {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format_version {version!r} (this build reads {FORMAT_VERSION})"
+        )
     if raw_meta.get("kind") != KIND:
         raise CheckpointError(f"{path}: metadata kind is {raw_meta.get('kind')!r}, not a {KIND!r} checkpoint")
     try:
@@ -208,8 +210,9 @@ def load_checkpoint(
     shapes = expected_shapes(config)
     missing = sorted(set(shapes) - set(state))
     unexpected = sorted(set(state) - set(shapes))
+    common = set(shapes) & set(state)
     misshaped = sorted(
-        f"{k} {tuple(state[k].shape)} != {shapes[k]}" for k in set(shapes) & set(state) if tuple(state[k].shape) != shapes[k]
+        f"{k} {tuple(state[k].shape)} != {shapes[k]}" for k in common if tuple(state[k].shape) != shapes[k]
     )
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
         if keys:

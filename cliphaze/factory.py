@@ -47,17 +47,16 @@ def create_model(
     elif isinstance(name_or_config, ClipHazeConfig) or name_or_config is None:
         config = name_or_config
     else:
-        raise ValueError(f"name_or_config must be a variant name or ClipHazeConfig, got {type(name_or_config).__name__}")
-    if config is None and checkpoint is None:
-        raise ValueError("create_model needs a variant name, a config or a checkpoint")
-
+        kind = type(name_or_config).__name__
+        raise ValueError(f"name_or_config must be a variant name or ClipHazeConfig, got {kind}")
     state = None
     if checkpoint is not None:
         from cliphaze.checkpoint import load_checkpoint
 
         state, stored, _ = load_checkpoint(checkpoint, expected_config=config)
         config = config or stored
-    assert config is not None
+    if config is None:
+        raise ValueError("create_model needs a variant name, a config or a checkpoint")
     if scan_backend is not None:
         if scan_backend != "auto":
             from cliphaze.ops import get_scan_backend

@@ -79,8 +79,9 @@ class SemanticAggregation(nn.Module):
         self.impl = impl
         self.query_attn = _PathQuery(dim, semantic_dim, kernel, eps)
         self.query_ssm = _PathQuery(dim, semantic_dim, kernel, eps)
-        self.weight_dw = nn.Conv2d(NUM_PATHS * dim, NUM_PATHS * dim, kernel, padding=kernel // 2, groups=NUM_PATHS * dim)
-        self.weight_proj = nn.Conv2d(NUM_PATHS * dim, NUM_PATHS * dim, 1)
+        both = NUM_PATHS * dim
+        self.weight_dw = nn.Conv2d(both, both, kernel, padding=kernel // 2, groups=both)
+        self.weight_proj = nn.Conv2d(both, both, 1)
         nn.init.zeros_(self.weight_proj.weight)
         nn.init.zeros_(self.weight_proj.bias)
 

@@ -31,7 +31,9 @@ class TrambaDA(nn.Module):
         if path in ("dual", "ssm") and stage.use_ssm:
             self.ssm = SS2D(dim, config.ssm)
         if self.attn is not None and self.ssm is not None:
-            self.aggregate: nn.Module = ClipAggregation(dim, config.guidance, eps=config.norm_eps, impl=config.attention.impl)
+            self.aggregate: nn.Module = ClipAggregation(
+                dim, config.guidance, eps=config.norm_eps, impl=config.attention.impl
+            )
         else:  # a single path: output projection only (no blend, no guidance)
             self.aggregate = nn.Linear(dim, dim)
         hidden = int(dim * stage.mlp_ratio)
@@ -43,13 +45,12 @@ class TrambaDA(nn.Module):
     ) -> torch.Tensor:
         """x (B, H, W, C); density (B, H, W, 1) in [0, 1] or None; tokens (B, T, S) or None -> (B, H, W, C)."""
         z = self.norm1(x)
-        if isinstance(self.aggregate, ClipAggregation):
-            assert self.attn is not None and self.ssm is not None
+        if self.attn is not None and self.ssm is not None:
             f = self.aggregate(self.attn(z), self.ssm(z), density, tokens)
+        elif self.attn is not None:
+            f = self.aggregate(self.attn(z))
         else:
-            branch = self.attn if self.attn is not None else self.ssm
-            assert branch is not None
-            f = self.aggregate(branch(z))
+            f = self.aggregate(self.ssm(z))  # type: ignore[misc]
         x = x + f
         return x + self.mlp(self.norm2(x))
 

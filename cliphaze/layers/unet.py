@@ -59,7 +59,9 @@ class SKFusion(nn.Module):
         super().__init__()
         hidden = max(dim // reduction, min_hidden)
         self.mlp = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim * NUM_FUSED, 1, bias=False)
+            nn.Conv2d(dim, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, dim * NUM_FUSED, 1, bias=False),
         )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

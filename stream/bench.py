@@ -50,7 +50,8 @@ def _make_clip(config: IoBenchConfig, path: Path) -> None:
     except ImportError:
         inputs = ["-f", "lavfi", "-i", f"testsrc2=size={config.width}x{config.height}:rate=25"]
     cmd = [config.ffmpeg, "-hide_banner", "-v", "error", "-y", *inputs, "-frames:v", str(config.frames), "-an",
-           "-vf", f"scale={config.width}:{config.height}", "-c:v", "libx264", "-preset", "veryfast", str(path)]  # fmt: skip
+           "-vf", f"scale={config.width}:{config.height}", "-c:v", "libx264", "-preset", "veryfast",
+           str(path)]  # fmt: skip
     subprocess.run(cmd, check=True)
 
 

@@ -229,7 +229,8 @@ class FrameSource:
             healthy_s = time.monotonic() - started
             attempt = 1 if delivered and healthy_s >= self.options.reconnect.reset_after_s else attempt + 1
             if self.options.reconnect.gives_up(attempt):
-                self._fail(SourceLost(f"{self.spec.display} lost after {attempt - 1} reconnect attempts: {self._reason}"))
+                tries = attempt - 1
+                self._fail(SourceLost(f"{self.spec.display} lost after {tries} reconnect attempts: {self._reason}"))
                 return
             delay = self.options.reconnect.delay_s(attempt, self._rng)
             logger.warning(
@@ -263,7 +264,8 @@ class FrameSource:
                     self._gen += 1  # abandon: the reader may be stuck inside FFmpeg
                     self._state = "stalled"
                     self._stalls += 1
-                    self._reason = f"no data for {idle_s:.1f} s" if connected else f"open timed out after {idle_s:.1f} s"
+                    what = "no data for" if connected else "open timed out after"
+                    self._reason = f"{what} {idle_s:.1f} s"
                 logger.warning("source %s stalled: %s", self.spec.display, self._reason)
                 err = None if connected else SourceTimeout(f"{self.spec.display}: {self._reason}")
                 return "stalled", err, bool(result["delivered"])

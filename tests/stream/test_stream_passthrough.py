@@ -129,9 +129,11 @@ def test_hls_output(clips: dict[str, Path], tmp_path: Path) -> None:
     assert _video(stream_media.probe_streams(playlist))["nb_read_frames"] == "250"
 
 
-def test_y4m_drops_audio_with_one_warning(clips: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_y4m_drops_audio_with_one_warning(
+    clips: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "x.y4m"
     passthrough(clips["audio"], out)
-    assert [r for r in caplog.records if "cannot carry audio" in r.getMessage()].__len__() == 1
+    assert len([r for r in caplog.records if "cannot carry audio" in r.getMessage()]) == 1
     streams = stream_media.probe_streams(out)
     assert len(streams) == 1 and streams[0]["nb_read_frames"] == "25"

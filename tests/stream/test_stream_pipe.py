@@ -54,3 +54,28 @@ def test_stdout_decodes_every_frame(clips: dict[str, Path], fmt: str, name: str)
 def test_stdout_mpegts_bikes_every_frame(clips: dict[str, Path]) -> None:
     frames, _ = _pipe_into_ffmpeg(clips["bikes"], "")
     assert frames == 250
+
+
+# Reads a stream from stdin and prints how many frames it decoded and the audio packets it carried.
+READER = """
+from stream.source import open_source
+
+with open_source("-") as src:
+    frames = audio = 0
+    for frame in src:
+        frames += 1
+        audio += len(frame.packets)
+    print(frames, audio + len(src.end.packets), src.info.codec)
+"""
+
+
+def test_stdin_source(clips: dict[str, Path], tmp_path: Path) -> None:
+    ts = tmp_path / "in.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clips["audio"]), "-c", "copy", "-f", "mpegts", str(ts)],
+                   check=True, timeout=TIMEOUT_S)  # fmt: skip
+    with ts.open("rb") as stdin:
+        done = subprocess.run([sys.executable, "-c", READER], stdin=stdin, capture_output=True, text=True,
+                              timeout=TIMEOUT_S)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    frames, audio, codec = done.stdout.split()
+    assert (int(frames), codec) == (25, "h264") and int(audio) > 0

@@ -73,7 +73,9 @@ def test_parse_sink(text: str, fmt: str | None, kind: str, muxer: str) -> None:
     assert (spec.kind, spec.format) == (kind, muxer)
 
 
-@pytest.mark.parametrize(("text", "fmt"), [("out.avi2", None), ("noext", None), ("-", "gif89"), ("ftp://h/x.mp4", None)])
+@pytest.mark.parametrize(
+    ("text", "fmt"), [("out.avi2", None), ("noext", None), ("-", "gif89"), ("ftp://h/x.mp4", None)]
+)
 def test_bad_sink(text: str, fmt: str | None) -> None:
     with pytest.raises(BadUriError):
         parse_sink(text, fmt)

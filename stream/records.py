@@ -22,7 +22,7 @@ class AudioInfo:
     sample_rate: int  # Hz
     channels: int
     time_base: Fraction
-    # the input av stream, used by sinks to create a stream-copy output while the source is open
+    # an av stream holding a detached copy of the input's codec parameters; sinks stream-copy from it
     template: Any = field(default=None, repr=False, compare=False)
 
 

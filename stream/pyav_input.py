@@ -6,6 +6,7 @@ same shape (``(spec, options) -> Connection``). Everything here runs in the sour
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ US_PER_S = 1_000_000  # FFmpeg's socket timeouts are in microseconds
 MAX_CONSECUTIVE_CORRUPT = 200  # corrupt packets in a row before a file is declared undecodable
 _NETWORK_KINDS = frozenset({"rtsp", "rtmp", "srt", "http", "hls"})
 _UNAUTHORIZED = ("401", "unauthorized", "authorization")
+TEMPLATE_FORMATS = ("nut", "matroska")  # in-memory holders of detached audio codec parameters
 TIMEOUT_FRACTION = 0.9  # an open that failed after this share of its deadline is reported as a timeout
 
 
@@ -85,6 +87,23 @@ def _classify_open_error(exc: BaseException, spec: SourceSpec) -> SourceOpenErro
     if any(word in reason.lower() for word in _UNAUTHORIZED) or isinstance(exc, PermissionError):
         return SourceOpenError(f"authentication failed for {where} (wrong user or password?)")
     return SourceOpenError(f"cannot connect to {where}: {reason}")
+
+
+def detach_template(stream: Any) -> Any:
+    """A copy of an input stream's codec parameters that outlives the input container.
+
+    Sinks stream-copy audio with ``add_stream_from_template``, which reads the template's codec
+    parameters; an input stream's die with its container (closed at end of file or on reconnect). The copy
+    lives in a never-written in-memory NUT container kept alive by the returned stream.
+    """
+    for fmt in TEMPLATE_FORMATS:
+        holder = av.open(io.BytesIO(), "w", format=fmt)
+        try:
+            return holder.add_stream_from_template(stream)
+        except ValueError:  # this muxer cannot carry the codec; try the next
+            continue
+    logger.debug("keeping the live input stream as template for %s", stream.codec_context.name)
+    return stream
 
 
 def _check_path(spec: SourceSpec) -> None:
@@ -173,7 +192,7 @@ class PyAVConnection:
                 sample_rate=a.codec_context.sample_rate,
                 channels=a.codec_context.channels,
                 time_base=a.time_base,
-                template=a,
+                template=detach_template(a),
             )
             for a in self._audio
         )

@@ -35,6 +35,7 @@ from stream.uri import SourceSpec, parse_source
 logger = logging.getLogger(__name__)
 
 SUPERVISOR_POLL_S = 0.02  # how often the supervisor checks its reader's deadlines
+CONSUMER_POLL_S = 1.0  # how often a waiting consumer checks that the supervisor is still alive
 CLOSE_JOIN_S = 2.0  # how long close() waits for threads before leaving them (daemon) behind
 OPEN_GRACE_S = 1.0  # open_source waits this much longer than open_timeout_s for the supervisor's verdict
 
@@ -173,7 +174,14 @@ class FrameSource:
     def __next__(self) -> Frame:
         if self.end is not None:
             raise StopIteration
-        item = self._queue.get(None)
+        item = self._queue.get(CONSUMER_POLL_S)
+        while item is None:  # only a dead supervisor (a bug) could leave us waiting forever
+            if not self._supervisor.is_alive():
+                item = self._queue.get(0) or _End(
+                    EndOfStream(self.options.source_id, (), "error"), StreamError("source worker stopped")
+                )
+            else:
+                item = self._queue.get(CONSUMER_POLL_S)
         if isinstance(item, _End):
             self.end = item.eos
             if item.error is not None:
@@ -212,6 +220,13 @@ class FrameSource:
                 setattr(self, key, value)
 
     def _supervise(self) -> None:
+        try:
+            self._supervise_loop()
+        except Exception as exc:  # noqa: BLE001 - worker-thread boundary: the consumer must hear of it
+            logger.exception("source %s supervisor failed", self.spec.display)
+            self._fail(StreamError(f"{self.spec.display}: internal error ({type(exc).__name__})"))
+
+    def _supervise_loop(self) -> None:
         attempt = 0
         ever_delivered = False
         while self._alive.is_set():
@@ -301,6 +316,10 @@ class FrameSource:
             return
         try:
             self._pump(conn, gen, result)
+        except Exception as exc:  # noqa: BLE001 - worker-thread boundary
+            logger.exception("source %s reader failed", self.spec.display)
+            result.update(outcome="error", error=StreamError(f"{self.spec.display}: internal error"))
+            del exc
         finally:
             conn.close()
 

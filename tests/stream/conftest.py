@@ -32,6 +32,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "10bit": stream_media.make_10bit(root / "ten_bit.mp4"),
         "rotated": stream_media.make_rotated(root / "rotated.mp4"),
         "audio": stream_media.make_with_audio(root / "with_audio.mp4"),
+        "short_audio": stream_media.make_with_audio(root / "short_audio.mp4", seconds=0.12),  # 3 frames
     }
 
 

@@ -44,12 +44,12 @@ def make_10bit(path: Path) -> Path:
     return path
 
 
-def make_with_audio(path: Path) -> Path:
+def make_with_audio(path: Path, seconds: float = CLIP_S) -> Path:
     """H.264 + AAC (sine) MP4."""
     ffmpeg(
         "-f", "lavfi", "-i", f"testsrc=size=96x64:rate={RATE}",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-        "-t", str(CLIP_S), "-c:v", "libx264", "-c:a", "aac", "-shortest", str(path),
+        "-t", str(seconds), "-c:v", "libx264", "-c:a", "aac", "-shortest", str(path),
     )  # fmt: skip
     return path
 

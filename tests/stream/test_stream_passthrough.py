@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import av
@@ -83,6 +84,22 @@ def test_mkv_shifts_all_streams_together_for_aac_priming(clips: dict[str, Path],
     assert max(offsets) - min(offsets) <= PTS_TOLERANCE_S  # one constant shift: spacing and A/V sync kept
     audio_out = stream_media.probe_frame_times(out, "a:0")
     assert abs(audio_out[0]) <= PTS_TOLERANCE_S  # the priming packet now sits at 0, video moved with it
+
+
+def test_short_clip_audio_outlives_the_input(clips: dict[str, Path], tmp_path: Path) -> None:
+    """A clip shorter than the queue is fully read (and its container closed) before the sink opens."""
+    with open_source(clips["short_audio"]) as source:
+        deadline = time.monotonic() + 10
+        while source.stats.state != "ended" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert source.stats.state == "ended"
+        out = tmp_path / "short.mkv"
+        with open_sink(out, source.info, FAST, audio_from=source.info) as sink:
+            for frame in source:
+                sink.write(frame)
+            sink.write_end(source.end)
+    audio = [s for s in stream_media.probe_streams(out) if s["codec_type"] == "audio"]
+    assert len(audio) == 1 and stream_media.probe_packets(out) == stream_media.probe_packets(clips["short_audio"])
 
 
 def test_rotation_and_10bit_info(clips: dict[str, Path], tmp_path: Path) -> None:

@@ -138,7 +138,8 @@ def save_bundle(
                 raise BundleError("embed towers from an fp32 guidance encoder (its weights are stored exactly)")
             tensors.update(_fp32(enc.clip.model.state_dict(), CLIP_PREFIX))
             if enc.daclip is not None:
-                own = {k: v for k, v in enc.daclip.state_dict().items() if not shared or k.startswith(DACLIP_OWN_PREFIXES)}
+                own = {k: v for k, v in enc.daclip.state_dict().items()
+                       if not shared or k.startswith(DACLIP_OWN_PREFIXES)}
                 tensors.update(_fp32(own, DACLIP_PREFIX))
                 metadata["daclip_shares_clip"] = json.dumps(shared)
         else:
@@ -194,7 +195,8 @@ def _embedded_encoder(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         if shared:
             daclip_state.update({CLIP_PREFIX + k: v for k, v in model.state_dict().items()})
         _load_strict(daclip, daclip_state, "DA-CLIP", path)
-        daclip.identity = ClipIdentity.from_dict(json.loads(metadata["daclip_identity"]))
+        recorded = metadata.get("daclip_identity")
+        daclip.identity = ClipIdentity.from_dict(json.loads(recorded)) if recorded else None
         daclip.model_config = model_config
         freeze(daclip)
     from cliphaze.clip.towers import weights_fingerprint

@@ -73,8 +73,8 @@ def run(model_name: str, sizes: list[int], batch: int, repeats: int) -> list[str
         x = to_clip_input(frames, size)
         gh, gw = vit.grid_size(clip.visual, size, size)
         plain_macs = vit_macs(config, size, all_tokens=True)
-        plain = time_ms(lambda: vit.encode_tokens(clip.visual, x), repeats)
-        dac = time_ms(lambda: daclip.encode_content_tokens(x), repeats)
+        plain = time_ms(lambda x=x: vit.encode_tokens(clip.visual, x), repeats)
+        dac = time_ms(lambda x=x: daclip.encode_content_tokens(x), repeats)
         ctrl_macs = vit_macs(config, size, all_tokens=False) + config["vision_cfg"]["layers"] * (gh * gw + 1) * (
             config["vision_cfg"]["width"] ** 2)
         lines.append(

@@ -36,7 +36,9 @@ def patch_features(visual: nn.Module, clip_input: torch.Tensor) -> torch.Tensor:
     return F.normalize(tokens.float(), dim=-1).reshape(tokens.shape[0], gh, gw, -1)
 
 
-def density_logits(features: torch.Tensor, text_features: torch.Tensor, temperature: float = DENSITY_TEMPERATURE) -> torch.Tensor:
+def density_logits(
+    features: torch.Tensor, text_features: torch.Tensor, temperature: float = DENSITY_TEMPERATURE
+) -> torch.Tensor:
     """``tau * (<p, t_h> - <p, t_c>)`` per patch.
 
     Args:

@@ -30,8 +30,6 @@ from cliphaze.guidance_types import Guidance
 from cliphaze.preprocess import frames_to_unit, to_clip_input
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from cliphaze.clip.daclip import DaClip
 
 logger = logging.getLogger(__name__)
@@ -205,7 +203,8 @@ class GuidanceEncoder:
             if self.config.use_density:
                 assert plain is not None and self._text_features is not None
                 gh, gw = vit.grid_size(self.clip.model.visual, size, size)
-                patches = F.normalize(plain[:, vit.NUM_PREFIX_TOKENS:].float(), dim=-1).reshape(-1, gh, gw, plain.shape[-1])
+                patches = F.normalize(plain[:, vit.NUM_PREFIX_TOKENS:].float(), dim=-1)
+                patches = patches.reshape(-1, gh, gw, plain.shape[-1])
                 densities.append(density_from_features(patches, self._text_features, self.config.density_temperature))
             if self.config.use_tokens:
                 tokens.append(plain if self.daclip is None else self.daclip.encode_content_tokens(clip_input))

@@ -81,7 +81,8 @@ class PromptSet:
         if classes != PROMPT_CLASSES:
             raise PromptError(f"prompt classes {classes} are not {PROMPT_CLASSES}")
         emb = data["embeddings"]
-        if emb.ndim != 3 or emb.shape[0] != len(PROMPT_CLASSES) or data["text_features"].shape[0] != len(PROMPT_CLASSES):
+        rows = len(PROMPT_CLASSES)
+        if emb.ndim != 3 or emb.shape[0] != rows or data["text_features"].shape[0] != rows:
             raise PromptError(f"prompt embeddings must be (2, L, W), got {tuple(emb.shape)}")
         return cls(
             embeddings=emb.float(),

@@ -54,7 +54,11 @@ class ClipSpec:
     model_config_json: str | None = None  # full open_clip model config (JSON); set = no registry lookup needed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "pretrained": self.pretrained, "model_config_json": self.model_config_json}
+        return {
+            "model_name": self.model_name,
+            "pretrained": self.pretrained,
+            "model_config_json": self.model_config_json,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClipSpec:
@@ -187,7 +191,9 @@ def build_clip(config: dict[str, Any]) -> nn.Module:
 
     config = dict(config)
     if "hf_model_name" in config.get("text_cfg", {}):
-        raise UnsupportedTowerError("guidance needs an open_clip text transformer; Hugging Face text towers are unsupported")
+        raise UnsupportedTowerError(
+            "guidance needs an open_clip text transformer; Hugging Face text towers are unsupported"
+        )
     if "multimodal_cfg" in config:
         raise UnsupportedTowerError("guidance does not support CoCa models")
     model_class = CustomTextCLIP if config.pop("custom_text", False) else CLIP
@@ -212,11 +218,12 @@ def _resolve_weights(spec: ClipSpec, config: dict[str, Any]) -> tuple[str | None
             f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(spec.model_name)) or 'none'})"
         )
     if tag_cfg.get("quick_gelu", False) and not config.get("quick_gelu", False):
-        logger.info("pretrained tag %s was trained with QuickGELU; building %s with it", spec.pretrained, spec.model_name)
+        logger.info("pretrained tag %s was trained with QuickGELU; building %s with it",
+                    spec.pretrained, spec.model_name)
         config["quick_gelu"] = True
     try:
         path = open_clip.download_pretrained(tag_cfg)
-    except Exception as err:  # noqa: BLE001 - hub/network errors of many types, re-raised typed
+    except (OSError, RuntimeError, ValueError) as err:  # network / hub / cache errors, re-raised typed
         raise ClipLoadError(f"could not download CLIP weights {spec.model_name}/{spec.pretrained}: {err}") from err
     if not path:
         raise ClipLoadError(f"no download source for CLIP weights {spec.model_name}/{spec.pretrained}")
@@ -240,7 +247,9 @@ def load_clip_weights(model: nn.Module, path: str) -> None:
         raise ClipLoadError(f"CLIP weights {path} do not fit the model: {first}") from err
 
 
-def create_clip(spec: ClipSpec, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedClip:
+def create_clip(
+    spec: ClipSpec, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedClip:
     """Build the CLIP of ``spec``, load its weights, freeze it and put it in eval mode on ``device``."""
     config = resolve_model_config(spec)
     path, label = _resolve_weights(spec, config)

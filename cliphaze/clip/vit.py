@@ -36,7 +36,9 @@ def check_vision_tower(visual: nn.Module) -> None:
             f"guidance needs an open_clip VisionTransformer image tower, got {type(visual).__name__}"
         )
     if visual.attn_pool is not None or visual.proj is None:
-        raise UnsupportedTowerError("guidance needs a ViT with class-token pooling and a projection (no attention pooler)")
+        raise UnsupportedTowerError(
+            "guidance needs a ViT with class-token pooling and a projection (no attention pooler)"
+        )
 
 
 def grid_size(visual: nn.Module, height_px: int, width_px: int) -> tuple[int, int]:

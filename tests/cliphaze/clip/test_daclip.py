@@ -56,7 +56,9 @@ def test_official_layout_loads_strictly_and_matches_manual_forward(
     assert (content - reference["plain"]).abs().max() > 1e-3
 
 
-def test_reversed_order_matters(tiny_model_name: str, official_daclip_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+def test_reversed_order_matters(
+    tiny_model_name: str, official_daclip_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     model = load_daclip(_save(official_daclip_state, tmp_path / "d.pt"), tiny_model_name)
     forward_order = manual_daclip_reference(official_daclip_state, _images(), reverse=False)["content"]
     content, _ = model.encode_image(_images())

@@ -79,3 +79,19 @@ def test_switches_and_precision(clip, prompts) -> None:
     assert out.density.dtype == torch.bfloat16 and out.tokens.dtype == torch.bfloat16
     ref = _encoder(clip, prompts, input_size_px=64).encode(_frames(2, 20, 20))
     assert (out.tokens.float() - ref.tokens).abs().max() < 0.1 * ref.tokens.abs().max()
+
+
+def test_daclip_only_config_shares_the_base_clip(tiny_model_name: str, official_daclip_state, tmp_path: Path) -> None:
+    from cliphaze.clip import load_daclip
+
+    path = tmp_path / "daclip_tiny.pt"
+    torch.save({"state_dict": official_daclip_state}, path)
+    config = GuidanceConfig(clip=ClipSpec(tiny_model_name), daclip_checkpoint=str(path), input_size_px=64,
+                            use_density=False)
+    encoder = GuidanceEncoder.from_config(config)
+    assert encoder.daclip is not None and encoder.clip.model is encoder.daclip.clip
+    assert encoder.identity.pretrained == "daclip:daclip_tiny.pt"
+    frames = _frames(2, 33, 47, seed=4)
+    tokens = encoder.encode(frames).tokens
+    reference = load_daclip(path, tiny_model_name).encode_content_tokens(to_clip_input(frames_to_unit(frames), 64))
+    torch.testing.assert_close(tokens, reference, atol=1e-5, rtol=1e-5)

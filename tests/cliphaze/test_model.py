@@ -208,3 +208,15 @@ def test_model_table() -> None:
     assert 1920 * 1080 / 256**2 * 0.95 < ratio < 1920 * 1088 / 256**2 * 1.05
     text = format_model_table(rows)
     assert "cliphaze-t" in text and "GMACs@1920x1080" in text
+
+
+@pytest.mark.parametrize("name", ["cliphaze-t", "cliphaze-s"])
+def test_4k_and_odd_sizes_trace_on_the_meta_device(name: str) -> None:
+    """Shapes only (no arithmetic): the padding/cropping plan holds for 4K and odd sizes of real variants."""
+    with torch.device("meta"):
+        net = ClipHazeNet(VARIANTS[name])
+        for h, w in [(2160, 3840), (1081, 1917)]:
+            k, bb = net.forward_fields(
+                torch.empty(1, 3, h, w), torch.empty(1, 1, 7, 7), torch.empty(1, 50, VARIANTS[name].guidance.semantic_dim)
+            )
+            assert k.shape == (1, 1, h, w) and bb.shape == (1, 3, h, w)

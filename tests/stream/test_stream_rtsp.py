@@ -10,7 +10,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import RtspServer, free_port_pair
+from stream_rtsp import RtspServer, free_port_pair
 
 from stream.encoder import EncoderConfig
 from stream.errors import SinkOpenError, SourceOpenError

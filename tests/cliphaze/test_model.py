@@ -216,7 +216,6 @@ def test_4k_and_odd_sizes_trace_on_the_meta_device(name: str) -> None:
     with torch.device("meta"):
         net = ClipHazeNet(VARIANTS[name])
         for h, w in [(2160, 3840), (1081, 1917)]:
-            k, bb = net.forward_fields(
-                torch.empty(1, 3, h, w), torch.empty(1, 1, 7, 7), torch.empty(1, 50, VARIANTS[name].guidance.semantic_dim)
-            )
+            tokens = torch.empty(1, 50, VARIANTS[name].guidance.semantic_dim)
+            k, bb = net.forward_fields(torch.empty(1, 3, h, w), torch.empty(1, 1, 7, 7), tokens)
             assert k.shape == (1, 1, h, w) and bb.shape == (1, 3, h, w)

@@ -105,6 +105,9 @@ class GuidanceEncoder:
             clip: the plain CLIP (density map; tokens when ``daclip`` is None).
             daclip: DA-CLIP for the semantic tokens; its base CLIP may be ``clip.model`` itself.
             prompts: learned prompts; required when ``config.use_density``; must match ``clip``.
+
+        The towers are moved to ``device`` / ``precision`` in place (share a LoadedClip between encoders
+        only when they run with the same device and precision).
         """
         vit.check_vision_tower(clip.model.visual)
         if config.use_density:

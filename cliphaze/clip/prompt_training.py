@@ -35,7 +35,7 @@ from cliphaze.clip.prompts import (
     init_prompt_embeddings,
     make_prompt_set,
 )
-from cliphaze.clip.towers import ClipSpec, LoadedClip, create_clip
+from cliphaze.clip.towers import ClipSpec, LoadedClip, create_clip, freeze
 from cliphaze.preprocess import frames_to_unit, to_clip_input
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def train_prompts(
     config = config or PromptTrainConfig()
     device = torch.device(device)
     loaded = clip if isinstance(clip, LoadedClip) else create_clip(clip, device=device)
-    model = loaded.model.to(device)
+    model = freeze(loaded.model).to(device)  # CLIP stays frozen: only the prompt embeddings learn
     visual = model.visual
     vit.check_vision_tower(visual)
     generator = torch.Generator().manual_seed(config.seed)

@@ -36,6 +36,7 @@ from stream.uri import SinkSpec, parse_sink, redact
 
 logger = logging.getLogger(__name__)
 
+HEVC_CODECS = ("libx265", "hevc_nvenc")
 PART_SUFFIX = ".part"  # files are written under this suffix and renamed on success
 MP4_FRAG_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 _NO_AUDIO_FORMATS = frozenset({"yuv4mpegpipe", "rawvideo"})
@@ -167,6 +168,8 @@ class FrameSink:
         else:
             fragmented_mp4 = self.spec.format == "mp4" and self.config.fragment_mp4
             configure(self._video, codec, self.config, self.info.fps, b_frames=0 if fragmented_mp4 else None)
+            if codec in HEVC_CODECS and self.spec.format in ("mp4", "mov"):
+                self._video.codec_context.codec_tag = "hvc1"  # what Apple players and browsers accept
             if self.info.rotation:
                 self._video.set_display_rotation(self.info.rotation)  # frames stay unrotated, like the input
         return codec

@@ -154,3 +154,31 @@ def test_y4m_drops_audio_with_one_warning(
     assert len([r for r in caplog.records if "cannot carry audio" in r.getMessage()]) == 1
     streams = stream_media.probe_streams(out)
     assert len(streams) == 1 and streams[0]["nb_read_frames"] == "25"
+
+
+@pytest.mark.parametrize(
+    ("config", "out_name", "codec", "tag"),
+    [
+        (EncoderConfig(codec="libx265", preset="ultrafast"), "hevc.mp4", "hevc", "hvc1"),
+        (EncoderConfig(low_latency=True, preset="superfast"), "ll.ts", "h264", None),
+    ],
+)
+def test_encoder_variants(
+    clips: dict[str, Path], tmp_path: Path, config: EncoderConfig, out_name: str, codec: str, tag: str | None
+) -> None:
+    out = tmp_path / out_name
+    passthrough(clips["audio"], out, config)
+    video = _video(stream_media.probe_streams(out))
+    assert video["codec_name"] == codec and video["nb_read_frames"] == "25"
+    if tag is not None:
+        assert video["codec_tag_string"] == tag
+    if config.low_latency:
+        assert int(video["has_b_frames"]) == 0
+
+
+def test_bitrate_mode(clips: dict[str, Path], tmp_path: Path) -> None:
+    requested = 200_000
+    out = tmp_path / "cbr.mkv"
+    passthrough(clips["bikes"], out, EncoderConfig(bitrate=requested, preset="superfast"))
+    actual = out.stat().st_size * 8 / 10.0  # bikes is 10 s
+    assert 0.5 * requested < actual < 1.5 * requested

@@ -295,6 +295,8 @@ class FrameSource:
         try:
             conn = self._opener(self.spec, self.options, self.live)
         except StreamError as exc:
+            if gen != self._gen:  # abandoned by the watchdog meanwhile: its news is stale
+                return
             stalled = isinstance(exc, SourceTimeout)
             result.update(outcome="stalled" if stalled else "open failed", error=exc)
             with self._lock:
@@ -307,6 +309,8 @@ class FrameSource:
                 self._info_ready.set()
             return
         except Exception as exc:  # noqa: BLE001 - worker-thread boundary: report, never kill the thread silently
+            if gen != self._gen:
+                return
             err = SourceOpenError(f"cannot open {self.spec.display}: {type(exc).__name__}")
             result.update(outcome="open failed", error=err)
             self._set(_reason=err.args[0])
@@ -316,10 +320,9 @@ class FrameSource:
             return
         try:
             self._pump(conn, gen, result)
-        except Exception as exc:  # noqa: BLE001 - worker-thread boundary
+        except Exception:  # noqa: BLE001 - worker-thread boundary: logged with its traceback, reported as typed
             logger.exception("source %s reader failed", self.spec.display)
             result.update(outcome="error", error=StreamError(f"{self.spec.display}: internal error"))
-            del exc
         finally:
             conn.close()
 

@@ -630,17 +630,30 @@ def bench_io() -> None:
 
 
 @bench.command("pipeline")
-@click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of the generated clips.")
-@click.option("--variants", default="cliphaze_tiny,cliphaze_t", show_default=True,
-              help="CLIPHaze variants for (b), random weights (speed only).")  # fmt: skip
+@click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of the benchmark clip.")
+@click.option("--variants", default="cliphaze-tiny,cliphaze-t", show_default=True,
+              help="CLIPHaze variants for (b) and (c), random weights (speed only); empty to skip.")  # fmt: skip
+@click.option("--frames", type=int, default=50, show_default=True, help="Frames timed for none and dcp.")
+@click.option("--cliphaze-frames", type=int, default=8, show_default=True, help="Frames timed for CLIPHaze.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
+              help="torch CPU threads (0 = half the cores, as dehaze).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the numbers.")
 @_verbosity_options
-def bench_pipeline(seconds: float, variants: str, json_path: Path | None) -> None:
+def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: int, device: str, threads: int,
+                   json_path: Path | None) -> None:  # fmt: skip
     """(a) I/O overhead vs ffmpeg, (b) model vs pipeline fps, (c) guidance every 1 vs 8, (d) dcp fps."""
-    from pipelines.bench import run_pipeline_benchmark
+    import torch
 
-    results = run_pipeline_benchmark(seconds=seconds, variants=[v for v in variants.split(",") if v],
-                                     report=click.echo)  # fmt: skip
+    from pipelines.bench import PipelineBenchConfig, run_pipeline_benchmark
+    from pipelines.dehazers import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // 2))
+    config = PipelineBenchConfig(seconds=seconds, variants=tuple(v for v in variants.split(",") if v),
+                                 model_frames=frames, cliphaze_frames=cliphaze_frames)  # fmt: skip
+    results = run_pipeline_benchmark(config, report=click.echo, device=str(resolved))
     if json_path is not None:
         _write_json(json_path, results)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from fractions import Fraction
 
 import numpy as np
@@ -123,3 +124,35 @@ class CountingDehazer:
         shift = (guidance.density[:, 0, 0, 0] * 100.0).round().to(torch.int16).view(-1, 1, 1, 1)
         self.restored += frames.shape[0]
         return (frames.to(torch.int16) + shift).clamp(0, 255).to(torch.uint8)
+
+
+# A tiny random CLIP (64 px input, 32-d joint space = cliphaze-tiny's semantic width) for real-model tests.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def make_tiny_bundle(folder: Path) -> Path:
+    """A cliphaze-tiny bundle with random weights and embedded tiny CLIP towers (tests only, never a default)."""
+    import json
+    import uuid
+
+    from cliphaze.bundle import save_bundle
+    from cliphaze.clip import ClipSpec, GuidanceConfig, GuidanceEncoder, create_clip, register_model_config
+    from cliphaze.clip.prompts import text_prompt_set
+    from cliphaze.factory import create_model
+
+    name = f"cz-pipeline-tiny-{uuid.uuid4().hex[:8]}"
+    config_path = folder / f"{name}.json"
+    config_path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    register_model_config(config_path)
+    torch.manual_seed(0)
+    clip = create_clip(ClipSpec(name))
+    prompts = text_prompt_set(clip.model, clip.identity, ("a hazy photo.", "a clear photo."))
+    encoder = GuidanceEncoder(GuidanceConfig(clip=ClipSpec(name), input_size_px=64), clip, prompts=prompts)
+    net = create_model("cliphaze-tiny").eval()
+    path = folder / "tiny_bundle.safetensors"
+    save_bundle(path, net, encoder, embed_towers=True)
+    return path

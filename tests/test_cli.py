@@ -179,6 +179,32 @@ def test_sigint_mid_file_finalizes_and_exits_zero(tmp_path: Path, bikes: Path) -
     assert 0 < written < 250 and written == stats["frames_out"] and stats["stopped_early"]
 
 
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cliphaze-tiny bundle (random weights, embedded tiny CLIP), built by the engine tests' helper."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_fakes", REPO / "tests" / "pipelines" / "pipeline_fakes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.mark.slow
+def test_dehaze_with_tiny_cliphaze_bundle(tmp_path: Path, bikes: Path, tiny_bundle: Path) -> None:
+    out, stats_path, density = tmp_path / "tiny.mp4", tmp_path / "s.json", tmp_path / "d.jsonl"
+    code, _, err = cli("dehaze", str(bikes), "-o", str(out), "--weights", str(tiny_bundle), "--max-frames", "12",
+                       "--guidance-every", "4", "--batch", "2", "--scale", "0.5", "--stats", str(stats_path),
+                       "--density-log", str(density))  # fmt: skip
+    assert code == 0, err
+    assert np.allclose(video_times(out), video_times(bikes)[:12], atol=1e-3)
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames_out"] == 12 and stats["guidance_misses"] + stats["guidance_hits"] == 12
+    assert stats["guidance_misses"] >= 3  # every 4 frames, plus any scene cut
+    assert len(density.read_text().splitlines()) == 12
+
+
 # --- bad input ----------------------------------------------------------------------------------------------
 
 

@@ -635,13 +635,15 @@ def bench_io() -> None:
               help="CLIPHaze variants for (b) and (c), random weights (speed only); empty to skip.")  # fmt: skip
 @click.option("--frames", type=int, default=50, show_default=True, help="Frames timed for none and dcp.")
 @click.option("--cliphaze-frames", type=int, default=8, show_default=True, help="Frames timed for CLIPHaze.")
+@click.option("--cliphaze-scale", type=float, default=1.0, show_default=True,
+              help="Network resolution factor for CLIPHaze variants (0.25: feasible on a CPU).")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
               help="torch CPU threads (0 = half the cores, as dehaze).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the numbers.")
 @_verbosity_options
-def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: int, device: str, threads: int,
-                   json_path: Path | None) -> None:  # fmt: skip
+def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: int, cliphaze_scale: float,
+                   device: str, threads: int, json_path: Path | None) -> None:  # fmt: skip
     """(a) I/O overhead vs ffmpeg, (b) model vs pipeline fps, (c) guidance every 1 vs 8, (d) dcp fps."""
     import torch
 
@@ -652,7 +654,8 @@ def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: 
     if resolved.type == "cpu":
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // 2))
     config = PipelineBenchConfig(seconds=seconds, variants=tuple(v for v in variants.split(",") if v),
-                                 model_frames=frames, cliphaze_frames=cliphaze_frames)  # fmt: skip
+                                 model_frames=frames, cliphaze_frames=cliphaze_frames,
+                                 cliphaze_scale=cliphaze_scale)  # fmt: skip
     results = run_pipeline_benchmark(config, report=click.echo, device=str(resolved))
     if json_path is not None:
         _write_json(json_path, results)

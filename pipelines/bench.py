@@ -56,6 +56,7 @@ class PipelineBenchConfig:
     model_frames: int = 50  # frames timed for model-only and end-to-end runs of fast dehazers
     cliphaze_frames: int = 8  # frames timed for CLIPHaze variants (slow on a CPU)
     guidance_every: int = 8  # N of the cached run in (b) and (c)
+    cliphaze_scale: float = 1.0  # network resolution factor for CLIPHaze variants (0.25 makes a CPU run feasible)
     codec: str = "libx264"  # encoder settings shared by the engine and the ffmpeg reference
     preset: str = "veryfast"
     crf: int = 23
@@ -112,7 +113,7 @@ def _read_frames(path: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def model_only_fps(dehazer: Dehazer, frames: Sequence[np.ndarray], guidance_every: int) -> float:
+def model_only_fps(dehazer: Dehazer, frames: Sequence[np.ndarray], guidance_every: int, scale: float = 1.0) -> float:
     """Frames per second of the dehazer alone on frames in memory (batch 1), guidance every N frames."""
     device = dehazer.device
 
@@ -120,7 +121,7 @@ def model_only_fps(dehazer: Dehazer, frames: Sequence[np.ndarray], guidance_ever
         x = torch.from_numpy(array)[None].to(device)
         if dehazer.uses_guidance and (guidance is None or i % guidance_every == 0):
             guidance = dehazer.encode_guidance(x)
-        dehazer.restore(x, guidance)
+        dehazer.restore(x, guidance, scale=scale)
         return guidance
 
     step(0, frames[0], None)  # warm-up (allocator, lazy imports)
@@ -244,23 +245,25 @@ def run_pipeline_benchmark(
         for variant in bench.variants:
             makers.append((variant, lambda v=variant: random_cliphaze_dehazer(v, dev, folder), bench.cliphaze_frames))  # type: ignore[misc]
         for name, make, count in makers:
-            model_fps = model_only_fps(make(), frames720[:count], bench.guidance_every) if name != "none" else 0.0
-            _, stats, _ = pipeline_run(clip720, folder / f"{name}.mp4", make(), replace(base, max_frames=count), bench)
+            scale = bench.cliphaze_scale if name in bench.variants else 1.0
+            model_fps = model_only_fps(make(), frames720[:count], bench.guidance_every, scale) if name != "none" else 0.0
+            config = replace(base, max_frames=count, scale=scale)
+            _, stats, _ = pipeline_run(clip720, folder / f"{name}.mp4", make(), config, bench)
             if name == "none":  # passthrough: there is no model time, only the I/O path
                 results["b"][name] = {"pipeline_fps": stats.fps, "frames": count}
                 report(f"(b) {name:<14} 720p: end-to-end {stats.fps:7.2f} fps (I/O path only, no model)")
                 continue
             results["b"][name] = {"model_fps": model_fps, "pipeline_fps": stats.fps,
                                   "efficiency": stats.fps / model_fps, "frames": count}  # fmt: skip
-            report(f"(b) {name:<14} 720p: model-only {model_fps:7.2f} fps, end-to-end {stats.fps:7.2f} fps, "
+            report(f"(b) {name:<14} 720p (scale {scale:g}): model-only {model_fps:7.2f} fps, end-to-end {stats.fps:7.2f} fps, "
                    f"efficiency {stats.fps / model_fps:.2f} ({count} frames)")  # fmt: skip
 
         # (c) guidance every 1 vs every N (CLIPHaze; the smallest variant keeps it short)
         if bench.variants:
             variant = bench.variants[0]
-            every1 = replace(base, max_frames=bench.cliphaze_frames,
+            every1 = replace(base, max_frames=bench.cliphaze_frames, scale=bench.cliphaze_scale,
                              guidance=GuidanceCacheConfig(refresh_every=1, ema_weight=1.0))  # fmt: skip
-            everyn = replace(base, max_frames=bench.cliphaze_frames)
+            everyn = replace(base, max_frames=bench.cliphaze_frames, scale=bench.cliphaze_scale)
             _, s1, out1 = pipeline_run(clip720, folder / "g1.mp4", random_cliphaze_dehazer(variant, dev, folder), every1,
                                        bench, keep=True)  # fmt: skip
             _, sn, outn = pipeline_run(clip720, folder / "gn.mp4", random_cliphaze_dehazer(variant, dev, folder), everyn,
@@ -269,7 +272,7 @@ def run_pipeline_benchmark(
             results["c"] = {"variant": variant, "fps_every_1": s1.fps, f"fps_every_{bench.guidance_every}": sn.fps,
                             "fps_gain": sn.fps / s1.fps, "psnr_db_vs_every_1": value,
                             "encode_calls": [s1.guidance_misses, sn.guidance_misses]}  # fmt: skip
-            report(f"(c) {variant} 720p guidance every 1: {s1.fps:.2f} fps, every {bench.guidance_every}: "
+            report(f"(c) {variant} 720p (scale {bench.cliphaze_scale:g}) guidance every 1: {s1.fps:.2f} fps, every {bench.guidance_every}: "
                    f"{sn.fps:.2f} fps (x{sn.fps / s1.fps:.2f}); PSNR vs every-1 output {value:.2f} dB; "
                    f"CLIP calls {s1.guidance_misses} vs {sn.guidance_misses}")  # fmt: skip
 

@@ -89,8 +89,9 @@ class CountingDehazer:
 
     name = "counting"
 
-    def __init__(self, *, delay_s: float = 0.0, fail_at: int | None = None, uses_guidance: bool = True) -> None:
-        self.device = torch.device("cpu")
+    def __init__(self, *, delay_s: float = 0.0, fail_at: int | None = None, uses_guidance: bool = True,
+                 device: str = "cpu") -> None:  # fmt: skip
+        self.device = torch.device(device)
         self.encode_calls = 0
         self.encoded_frames = 0
         self.restored = 0

@@ -555,13 +555,12 @@ def probe(app: AppContext, source: str, device: str, codec: str, rtsp_user: str 
     """Show what dehazing SOURCE would do (streams, colour, device and encoder paths) without processing."""
     from pipelines.dehazers import choose_dehazer, resolve_device
     from stream.encoder import select_codec
-    from stream.source import SourceOptions, open_source
+    from stream.probe import probe as probe_source
     from stream.uri import redact
 
     source = _with_credentials(source, rtsp_user, rtsp_password)
     _check_local_input(source)
-    with open_source(source, SourceOptions()) as src:
-        info = src.info
+    info = probe_source(source)
     rate = f"{float(info.fps):.3f} fps" if info.fps else "unknown rate"
     lines = [
         f"source:   {redact(source)} ({'live' if info.is_live else 'file/pipe'})",
@@ -620,13 +619,9 @@ def bench_scan() -> None:
 @_verbosity_options
 def bench_io() -> None:
     """Decode and encode throughput of the stream package."""
-    if not _module_exists("stream.bench"):
-        raise RuntimeFailure("stream.bench is not part of this installation yet")
     from stream.bench import run_io_benchmark
 
-    result = run_io_benchmark()
-    if result is not None:
-        click.echo(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+    click.echo(json.dumps(run_io_benchmark(), indent=2, sort_keys=True, default=str))
 
 
 @bench.command("pipeline")

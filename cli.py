@@ -230,14 +230,17 @@ def _plan_dehazer(
 
 
 def _with_credentials(uri: str, user: str | None, password: str | None) -> str:
-    """Put RTSP credentials from options/env into an RTSP URL that has none."""
-    if not user:
-        return uri
+    """Put RTSP credentials from options/env into an RTSP URL: the user when it has none, the password when
+    it names a user without one (``rtsp://admin@cam/x`` + ``CLIPHAZE_RTSP_PASSWORD``)."""
     parts = urlsplit(uri)
-    if parts.scheme not in RTSP_SCHEMES or "@" in parts.netloc:
+    if parts.scheme not in RTSP_SCHEMES or parts.password is not None:
         return uri
-    userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+    name = parts.username if parts.username is not None else (quote(user, safe="") if user else None)
+    if name is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[-1]
+    userinfo = name + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
 def _check_local_input(source: str) -> None:

@@ -252,6 +252,8 @@ def test_rtsp_credentials_from_environment() -> None:
     assert _with_credentials("rtsp://cam/x", "u", "p w") == "rtsp://u:p%20w@cam/x"
     assert _with_credentials("rtsp://a:b@cam/x", "u", "p") == "rtsp://a:b@cam/x"
     assert _with_credentials("/tmp/f.mp4", "u", "p") == "/tmp/f.mp4"
+    assert _with_credentials("rtsp://admin@cam:554/x", None, "s/cret") == "rtsp://admin:s%2Fcret@cam:554/x"
+    assert _with_credentials("rtsp://cam/x", None, "p") == "rtsp://cam/x"  # a password without a user: unchanged
     result = CliRunner().invoke(main, ["dehaze", "rtsp://127.0.0.1:9/cam", "-o", "x.mp4", "-q"],
                                 env={"CLIPHAZE_RTSP_PASSWORD": "zebra-pw", "CLIPHAZE_RTSP_USER": "op"})  # fmt: skip
     assert result.exit_code == 2 and "zebra-pw" not in result.output

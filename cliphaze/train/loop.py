@@ -163,6 +163,7 @@ def train_network(
     model: ClipHazeNet | None = None,
     resume: str | Path | bool | None = None,
     stop_after: int | None = None,
+    time_budget_s: float | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or continue training) the network.
@@ -176,6 +177,7 @@ def train_network(
         resume: a resume-state path, ``True`` for the newest state in ``out_dir``, or None/False.
         stop_after: stop (with a resume state) after this many steps of this call, before ``config.steps``;
             the schedule still spans ``config.steps``.
+        time_budget_s: also stop (with a resume state) once this call has run this long; resume later.
         progress: show the tqdm bar.
     """
     from tqdm.auto import tqdm
@@ -242,7 +244,8 @@ def train_network(
         bar.set_postfix(loss=f"{shown_loss:.4f}", lr=f"{objects.scheduler.get_last_lr()[0]:.2e}")
         row: dict[str, Any] = {"step": step, "loss": value, "lr": objects.scheduler.get_last_lr()[0],
                                "elapsed_s": time.perf_counter() - start_time}
-        last = step == end
+        out_of_time = time_budget_s is not None and time.perf_counter() - start_time > time_budget_s
+        last = step == end or out_of_time
         val_every = config.validation.every_steps
         if val_pairs and ((val_every and step % val_every == 0) or step == config.steps):
             row.update(validate(objects.ema.module, val_pairs, guidance_fn, config, device))
@@ -255,6 +258,10 @@ def train_network(
         if step % config.checkpoint.every_steps == 0 or last:
             save_state(out_dir, step, objects, extra)
             prune_states(out_dir, config.checkpoint.keep_last)
+        if out_of_time:
+            logger.info("time budget of %.0f s used up at step %d of %d; resume to continue", time_budget_s, step,
+                        config.steps)
+            break
     bar.close()
     objects.ema.module.eval()
     return TrainResult(model=objects.ema.module, raw_model=model, step=step, history=history,

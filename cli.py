@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 EXIT_HARD_STOP = 130  # second signal: leave at once
+CRF_MIN, CRF_MAX = 0, 51  # x264/x265 constant-rate-factor range
 STATUS_EVERY_S = 10.0  # live sources: seconds between status log lines
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEMO_OUTPUT = "cliphaze_demo.mp4"
@@ -216,7 +217,6 @@ class DehazerPlan:
             # OpenMP workers spin on busy cores: sharing every core with the decoder and encoder threads
             # made dcp 5-10x slower than leaving them half (measured on 2 cores).
             torch.set_num_threads(self.threads or max(1, (os.cpu_count() or 1) // 2))
-        logger.info("%s", self.choice.note)
         return create_dehazer(self.choice, self.device, precision=self.precision, scan_backend=self.scan_backend)
 
 
@@ -255,6 +255,20 @@ def _check_local_input(source: str) -> None:
         raise BadInput(f"{source} is a directory, not a video")
     if not path.exists():
         raise BadInput(f"{source}: no such file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise BadInput(f"{source} is an image, not a video: use 'cliphaze image'")
+
+
+def _check_output_is_not_input(source: str, output: str, output_format: str | None) -> None:
+    """Refuse to write over the input (the .part rename would replace the file being read)."""
+    from stream.uri import parse_sink, parse_source
+
+    spec, sink = parse_source(source), parse_sink(output, output_format)
+    if spec.kind != "file" or not sink.is_file:
+        return
+    target = Path(sink.url)
+    if target.exists() and Path(spec.url).exists() and os.path.samefile(spec.url, target):
+        raise BadInput(f"output {output} is the input file; choose another output path")
 
 
 def _default_output(source: str) -> str:
@@ -356,6 +370,7 @@ def _run_job(job: DehazeJob, plan: DehazerPlan) -> tuple[Any, Any]:
         dehazer = plan.create()  # before the sink: a model that fails to load leaves no empty output behind
         sink = open_sink(job.output, out_info, job.encoder, audio_from=info, fmt=job.output_format)
         stack.callback(sink.close)  # flush + trailer + rename, also after an error
+        logger.info("%s", plan.choice.note)  # after the output opened: a bad output stays one error line
         to_stdout = job.output == "-"
         total = job.pipeline.max_frames or info.frame_count
         progress = _Progress(total, use_bar=sys.stderr.isatty() and not to_stdout and not info.is_live,
@@ -410,7 +425,7 @@ def _run_job(job: DehazeJob, plan: DehazerPlan) -> tuple[Any, Any]:
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network.")
 @click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
-@click.option("--crf", type=int, default=23, show_default=True)
+@click.option("--crf", type=int, default=23, show_default=True, help="Quality, 0 (lossless) to 51.")
 @click.option("--preset", default="veryfast", show_default=True)
 @click.option("--gop", "gop_s", type=float, default=2.0, show_default=True, help="Keyframe interval in seconds (<= 2).")
 @click.option("--max-frames", type=int, help="Stop after N frames.")
@@ -435,6 +450,8 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
 
     source = _with_credentials(source, rtsp_user, rtsp_password)
     _check_local_input(source)
+    if output is not None:
+        _check_output_is_not_input(source, output, output_format)
     pipeline = PipelineConfig(
         batch=batch,
         device=device,
@@ -456,6 +473,8 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
 def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:
     from stream.encoder import EncoderConfig
 
+    if not CRF_MIN <= crf <= CRF_MAX:
+        raise BadInput(f"crf must be in [{CRF_MIN}, {CRF_MAX}], got {crf}")
     try:
         return EncoderConfig(codec=codec, crf=crf, preset=preset, gop_s=gop_s)
     except ValueError as error:
@@ -525,7 +544,9 @@ def image(app: AppContext, inputs: tuple[Path, ...], output: Path, model: str, w
         if output.exists() and not output.is_dir():
             raise BadInput(f"{output}: several images need an output folder")
         output.mkdir(parents=True, exist_ok=True)
-    dehazer = _plan_dehazer(model, weights, device, precision, scan_backend, threads).create()
+    plan = _plan_dehazer(model, weights, device, precision, scan_backend, threads)
+    dehazer = plan.create()
+    logger.info("%s", plan.choice.note)
     for path in images:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:

@@ -44,18 +44,17 @@ class ReferenceScan:
         dtype = compute_dtype(u)
         batch, dim, length = u.shape
         dt = effective_delta(delta, delta_bias, delta_softplus, dtype)  # (b, Dm, L)
-        a = A.to(dtype)
-        b_mat = expand_bc(B.to(dtype), batch, dim, length)  # (b|1, Dm, N, L|1)
-        c_mat = expand_bc(C.to(dtype), batch, dim, length)
-        uf = u.to(dtype)
-        state = u.new_zeros((batch, dim, a.shape[1]), dtype=dtype)
+        # As mamba's selective_scan_ref: precompute the per-step decay and input terms as (b, Dm, L, N),
+        # then one recurrence step per time step (slices along N are contiguous).
+        delta_a = torch.exp(dt[..., None] * A.to(dtype)[:, None, :])  # (b, Dm, L, N)
+        b_mat = expand_bc(B.to(dtype), batch, dim, length).transpose(-1, -2)  # (b|1, Dm, L|1, N)
+        c_mat = expand_bc(C.to(dtype), batch, dim, length).transpose(-1, -2).contiguous()
+        delta_b_u = (dt * u.to(dtype))[..., None] * b_mat  # (b, Dm, L, N)
+        state = u.new_zeros((batch, dim, A.shape[1]), dtype=dtype)
         ys = []
         for t in range(length):
-            decay = torch.exp(dt[:, :, t, None] * a)  # (b, Dm, N)
-            b_t = b_mat[..., min(t, b_mat.shape[-1] - 1)]
-            c_t = c_mat[..., min(t, c_mat.shape[-1] - 1)]
-            state = decay * state + (dt[:, :, t] * uf[:, :, t])[..., None] * b_t
-            ys.append((state * c_t).sum(-1))
+            state = delta_a[:, :, t] * state + delta_b_u[:, :, t]
+            ys.append((state * c_mat[:, :, min(t, c_mat.shape[2] - 1)]).sum(-1))
         y = torch.stack(ys, dim=-1)
         out = finish_output(y, u, D, z, u.dtype)
         return (out, state) if return_last_state else out

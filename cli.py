@@ -350,25 +350,37 @@ class DehazeJob:
     metrics_port: int | None
     metrics_addr: str
     density_log: Path | None
+    fill_gaps: bool = True  # live sources: repeat the last frame while the camera is away (output keeps its timing)
 
 
-def _run_job(job: DehazeJob, plan: DehazerPlan) -> tuple[Any, Any]:
-    """Open source and sink, build the dehazer, run, finalize. Returns (RunStats, dehazer)."""
+def _handle_signals(stop: threading.Event) -> None:
+    """Install the SIGINT/SIGTERM handlers for the rest of the command (first signal sets ``stop``)."""
+    click.get_current_context().with_resource(_signals(stop))
+
+
+def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[Any, Any]:
+    """Open source and sink, build the dehazer, run, finalize. Returns (RunStats, dehazer).
+
+    ``stop`` is set by the signal handlers (installed by the command before anything heavy loads): a signal
+    at any moment lets the run drain, finalizes the output and exits 0.
+    """
     import dataclasses
 
+    from pipelines.gap_filler import GapFiller
     from pipelines.metrics import MetricsServer
     from pipelines.runner import run
     from stream.sink import open_sink
     from stream.source import SourceOptions, open_source
     from stream.uri import redact
 
-    stop = threading.Event()
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(job.source, SourceOptions()))
         info = source.info
         out_info = dataclasses.replace(info, width=info.width * 2) if job.pipeline.side_by_side else info
         dehazer = plan.create()  # before the sink: a model that fails to load leaves no empty output behind
         sink = open_sink(job.output, out_info, job.encoder, audio_from=info, fmt=job.output_format)
+        if info.is_live and job.fill_gaps:
+            sink = GapFiller(sink, out_info)  # closes the wrapped sink too
         stack.callback(sink.close)  # flush + trailer + rename, also after an error
         logger.info("%s", plan.choice.note)  # after the output opened: a bad output stays one error line
         to_stdout = job.output == "-"
@@ -398,9 +410,7 @@ def _run_job(job: DehazeJob, plan: DehazerPlan) -> tuple[Any, Any]:
 
         logger.info("dehazing %s -> %s (%dx%d, %s)", redact(job.source), redact(job.output), info.width,
                     info.height, dehazer.name)  # fmt: skip
-        with _signals(stop):
-            stats = run(source, sink, dehazer, job.pipeline, stop_event=stop, on_frame=on_frame,
-                        on_end=sink.write_end)  # fmt: skip
+        stats = run(source, sink, dehazer, job.pipeline, stop_event=stop, on_frame=on_frame, on_end=sink.write_end)
     if job.stats_path is not None:
         _write_json(job.stats_path, stats.to_dict())
     logger.info(
@@ -435,6 +445,8 @@ def _run_job(job: DehazeJob, plan: DehazerPlan) -> tuple[Any, Any]:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Bind address of the metrics endpoint.")
 @click.option("--density-log", type=click.Path(path_type=Path, dir_okay=False), help="JSON lines: pts, mean density.")
+@click.option("--fill-gaps/--no-fill-gaps", default=True, show_default=True,
+              help="Live sources: repeat the last frame while the camera is away, so recorders see no gap.")
 @click.option("--rtsp-user", envvar="CLIPHAZE_RTSP_USER", help="RTSP user (env CLIPHAZE_RTSP_USER).")
 @click.option("--rtsp-password", envvar="CLIPHAZE_RTSP_PASSWORD", help="RTSP password (env CLIPHAZE_RTSP_PASSWORD).")
 @_verbosity_options
@@ -443,9 +455,11 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
            weights: Path | None, device: str, precision: str, scan_backend: str, threads: int, batch: int, guidance_every: int,
            guidance_ema: float, scale: float, use_compile: bool, codec: str, crf: int, preset: str, gop_s: float,
            max_frames: int | None, duration_s: float | None, side_by_side: bool, stats_path: Path | None,
-           metrics_port: int | None, metrics_addr: str, density_log: Path | None, rtsp_user: str | None,
-           rtsp_password: str | None) -> None:  # fmt: skip
+           metrics_port: int | None, metrics_addr: str, density_log: Path | None, fill_gaps: bool,
+           rtsp_user: str | None, rtsp_password: str | None) -> None:  # fmt: skip
     """Dehaze SOURCE (file, rtsp/rtmp/srt/http URL, /dev/videoN, or - for stdin)."""
+    stop = threading.Event()
+    _handle_signals(stop)
     from pipelines.config import GuidanceCacheConfig, PipelineConfig
 
     source = _with_credentials(source, rtsp_user, rtsp_password)
@@ -466,8 +480,8 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
     )
     encoder = _encoder_config(codec, crf, preset, gop_s)
     job = DehazeJob(source, output or _default_output(source), output_format, pipeline, encoder, stats_path,
-                    metrics_port, metrics_addr, density_log)  # fmt: skip
-    _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads))
+                    metrics_port, metrics_addr, density_log, fill_gaps)  # fmt: skip
+    _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads), stop)
 
 
 def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:
@@ -492,6 +506,8 @@ def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:
 def demo(app: AppContext, output: str, model: str, weights: Path | None, device: str, precision: str,
          scan_backend: str, threads: int) -> None:  # fmt: skip
     """Dehaze the bundled hazy sample clip into a side-by-side before/after video."""
+    stop = threading.Event()
+    _handle_signals(stop)
     from pipelines.config import PipelineConfig
     from stream.encoder import EncoderConfig
 
@@ -500,7 +516,7 @@ def demo(app: AppContext, output: str, model: str, weights: Path | None, device:
             raise RuntimeFailure(f"the bundled sample clip {SAMPLE_CLIP} is missing from this installation")
         job = DehazeJob(str(sample), output, None, PipelineConfig(device=device, precision=precision,
                         side_by_side=True), EncoderConfig(), None, None, "127.0.0.1", None)  # fmt: skip
-        stats, dehazer = _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads))
+        stats, dehazer = _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads), stop)
     click.echo(f"wrote {output}: {stats.frames_out} frames, hazy | dehazed ({dehazer.name}, {stats.fps:.1f} fps)")
 
 

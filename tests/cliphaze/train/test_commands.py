@@ -39,6 +39,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_clip_stage_learns_and_round_trips(tmp_path: Path) -> None:
     stage = train_clip_towers(_images(), config=ClipStageConfig(steps=25, batch_size=8, warmup_steps=2, lr=3e-3),
                               model_name="tiny", model_config=TINY_CLIP, progress=False)
@@ -63,6 +64,7 @@ def _paired(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_eval_command_on_paired_folder(tmp_path: Path, tiny_bundle: Path) -> None:
     from cli import main
 

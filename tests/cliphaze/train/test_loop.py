@@ -72,6 +72,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path: Path) -> None:
     assert len(lines) == 30 and json.loads(lines[-1])["step"] == 30
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path: Path) -> None:
     straight = train_network(_config(tmp_path / "a", 4), _dataset(), guidance_fn=_density, progress=False)
     first = train_network(_config(tmp_path / "b", 4), _dataset(), guidance_fn=_density, stop_after=2,

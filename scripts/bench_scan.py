@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import time
@@ -22,6 +23,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--cold", action="store_true", help="use an empty numba cache to time a real compile")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cold:
         # Must be set before numba is imported (it is imported lazily, by the first CPU scan probe).
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="cliphaze-numba-")

@@ -7,6 +7,7 @@ and ``scripts/bench_scan.py`` print the table of ``format_scan_report``.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,10 @@ import torch
 from cliphaze.ops import available_backends, resolve_backend, selective_scan
 from cliphaze.ops.scan.cpu_fused import get_kernels
 
+logger = logging.getLogger(__name__)
+
+# Backends with nothing to warm up (eager PyTorch); the reference is too slow to run extra calls.
+NO_WARMUP = frozenset({"reference"})
 # Scale of the random raw delta: softplus(N(0, 1)·0.5 + bias) stays in SS2D's usual range.
 DELTA_SCALE = 0.5
 
@@ -93,7 +98,7 @@ def run_scan_benchmark(
 ) -> list[ScanBenchResult]:
     """Time forward and forward+backward of each backend (default: every available one, plus "auto").
 
-    Each backend runs once untimed first (numba JIT / cache load, allocator warm-up).
+    Each backend except the reference runs once untimed first (numba JIT / cache load, allocator warm-up).
 
     Returns:
         One result per backend, in the order run; ratios are relative to "reference" when it ran.
@@ -121,12 +126,14 @@ def run_scan_benchmark(
             out = call(name)
             out.backward(torch.ones_like(out))
 
-        forward()
-        forward_backward()
+        if name not in NO_WARMUP:
+            forward()
+            forward_backward()
         timings[name] = (
             _median_ms(forward, config.repeats, config.device),
             _median_ms(forward_backward, config.repeats, config.device),
         )
+        logger.info("scan bench %s: forward %.1f ms, forward+backward %.1f ms", name, *timings[name])
     ref = timings.get("reference")
     results = []
     for name, (fwd, fwd_bwd) in timings.items():

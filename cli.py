@@ -369,16 +369,23 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
     from pipelines.gap_filler import GapFiller
     from pipelines.metrics import MetricsServer
     from pipelines.runner import run
+    from stream.republish import PUBLISH_KINDS, RepublishingSink
     from stream.sink import open_sink
     from stream.source import SourceOptions, open_source
-    from stream.uri import redact
+    from stream.uri import parse_sink, redact
 
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(job.source, SourceOptions()))
         info = source.info
         out_info = dataclasses.replace(info, width=info.width * 2) if job.pipeline.side_by_side else info
         dehazer = plan.create()  # before the sink: a model that fails to load leaves no empty output behind
-        sink = open_sink(job.output, out_info, job.encoder, audio_from=info, fmt=job.output_format)
+        sink_spec = parse_sink(job.output, job.output_format)
+
+        def open_output() -> Any:
+            return open_sink(sink_spec, out_info, job.encoder, audio_from=info)
+
+        # a publish target that goes away (server restart) is reopened with backoff instead of ending the run
+        sink = RepublishingSink(open_output) if sink_spec.kind in PUBLISH_KINDS else open_output()
         if info.is_live and job.fill_gaps:
             sink = GapFiller(sink, out_info)  # closes the wrapped sink too
         stack.callback(sink.close)  # flush + trailer + rename, also after an error

@@ -240,7 +240,8 @@ def train_clip_towers(
     prompt_set = make_prompt_set(model, identity, prompts.detach(), eot, stats)
     clip = LoadedClip(model=model, config=model_config, identity=identity)
     guidance_config = GuidanceConfig(
-        clip=ClipSpec(model_name=model_name, pretrained=None, model_config_json=json.dumps(model_config, sort_keys=True)),
+        clip=ClipSpec(model_name=model_name, pretrained=None,
+                      model_config_json=json.dumps(model_config, sort_keys=True)),
         input_size_px=size,
         density_temperature=tau,
     )

@@ -265,8 +265,8 @@ def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path
             if data.suffix.lower() not in VIDEO_SUFFIXES:
                 raise TrainInputError(f"{data} is a file but not a video ({', '.join(VIDEO_SUFFIXES)})")
             for name, dehazer in dehazers.items():
-                report = evaluate_video(dehazer, data, every=every, max_frames=max_frames,
-                                        csv_path=None if csv_path is None else csv_path.with_stem(f"{csv_path.stem}_{name}"))
+                per_method_csv = None if csv_path is None else csv_path.with_stem(f"{csv_path.stem}_{name}")
+                report = evaluate_video(dehazer, data, every=every, max_frames=max_frames, csv_path=per_method_csv)
                 click.echo(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.means.items()))
             return
         layout = detect_layout(data)
@@ -276,4 +276,5 @@ def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path
         raise _bad_input(error) from error
     click.echo(f"{'method':14s} {'images':>6s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM-DF':>8s} {'ms':>8s}")
     for s in report.summary.values():
-        click.echo(f"{s.method:14s} {s.images:6d} {s.psnr_db:8.2f} {s.ssim:7.4f} {s.ssim_dehazeformer:8.4f} {s.ms:8.0f}")
+        click.echo(f"{s.method:14s} {s.images:6d} {s.psnr_db:8.2f} {s.ssim:7.4f} {s.ssim_dehazeformer:8.4f} "
+                   f"{s.ms:8.0f}")

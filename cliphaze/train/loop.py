@@ -146,7 +146,11 @@ def validate(
         out = model_to_unit(model(unit_to_model(hazy), g.density, g.tokens).float()).cpu()
         rows.append((psnr(out[0], clear[0]), ssim(out[0], clear[0]), psnr(hazy[0].cpu(), clear[0])))
     a = np.array(rows)
-    return {"val_psnr": float(a[:, 0].mean()), "val_ssim": float(a[:, 1].mean()), "val_hazy_psnr": float(a[:, 2].mean())}
+    return {
+        "val_psnr": float(a[:, 0].mean()),
+        "val_ssim": float(a[:, 1].mean()),
+        "val_hazy_psnr": float(a[:, 2].mean()),
+    }
 
 
 def _append_history(folder: Path, row: dict[str, Any]) -> None:
@@ -239,7 +243,8 @@ def train_network(
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {step}; lower the lr or use amp=off")
-        shown_loss = value if shown_loss is None else LOSS_DISPLAY_SMOOTHING * shown_loss + (1 - LOSS_DISPLAY_SMOOTHING) * value
+        smooth = LOSS_DISPLAY_SMOOTHING
+        shown_loss = value if shown_loss is None else smooth * shown_loss + (1 - smooth) * value
         bar.update(1)
         bar.set_postfix(loss=f"{shown_loss:.4f}", lr=f"{objects.scheduler.get_last_lr()[0]:.2e}")
         row: dict[str, Any] = {"step": step, "loss": value, "lr": objects.scheduler.get_last_lr()[0],

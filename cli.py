@@ -142,7 +142,7 @@ def _configure_logging(verbosity: int) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     # The user-facing notes of this command are INFO-level and shown at normal verbosity.
-    logger.setLevel(logging.INFO if verbosity >= 0 else logging.ERROR)
+    logger.setLevel(level if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.ERROR)
 
 
 def _verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -425,6 +425,8 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
         stats.frames_out, stats.wall_s, stats.fps, stats.latency_ms_p50, stats.latency_ms_p95, stats.frames_dropped,
         " (stopped early)" if stats.stopped_early else "",
     )  # fmt: skip
+    if stats.corrupt_packets:
+        logger.warning("%d corrupt video packets were skipped", stats.corrupt_packets)
     return stats, dehazer
 
 

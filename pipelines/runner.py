@@ -37,7 +37,7 @@ ABORT_JOIN_S = 5.0
 
 
 def _source_count(source: FrameSource, name: str) -> int:
-    """A counter (``reconnects``, ``drops``) from the source's ``stats``, 0 when it keeps none."""
+    """A counter (``reconnects``, ``drops``, ``corrupt_packets``) from the source's ``stats``, 0 when it keeps none."""
     stats = getattr(source, "stats", None)
     return int(getattr(stats, name, 0) or 0)
 
@@ -135,4 +135,5 @@ def run(
         misses=cache.counters.misses if cache else 0,
         invalidations=cache.counters.invalidations if cache else 0,
         stopped=ctx.stopped_early,
+        corrupt_packets=_source_count(source, "corrupt_packets"),
     )

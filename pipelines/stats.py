@@ -30,6 +30,7 @@ class RunStats:
     guidance_misses: int = 0  # frames whose guidance was computed
     guidance_invalidations: int = 0  # scene cuts that forced a refresh
     stopped_early: bool = False  # the run ended on a stop request or a frame/duration limit
+    corrupt_packets: int = 0  # damaged or undecodable video packets the source skipped (the run went on)
     extra: dict[str, float] = field(default_factory=dict)  # per-stage busy seconds, named "<stage>_busy_s"
 
     def to_dict(self) -> dict[str, object]:
@@ -92,7 +93,8 @@ class StatsCollector:
             return self.frames_out / wall if wall > 0 else 0.0
 
     def summary(
-        self, *, reconnects: int = 0, hits: int = 0, misses: int = 0, invalidations: int = 0, stopped: bool = False
+        self, *, reconnects: int = 0, hits: int = 0, misses: int = 0, invalidations: int = 0, stopped: bool = False,
+        corrupt_packets: int = 0,
     ) -> RunStats:
         with self._lock:
             wall = max(self._last_out - self._start, 0.0)
@@ -111,6 +113,7 @@ class StatsCollector:
                 guidance_misses=misses,
                 guidance_invalidations=invalidations,
                 stopped_early=stopped,
+                corrupt_packets=corrupt_packets,
                 extra={f"{k}_busy_s": v for k, v in sorted(self._busy_s.items())},
             )
 

@@ -220,6 +220,10 @@ class PyAVConnection:
                 if packet.size:
                     self._pending.append(packet)
                 continue
+            if packet.is_corrupt:  # the demuxer saw damage (e.g. MPEG-TS continuity errors): skip, as discardcorrupt
+                self.corrupt_packets += 1
+                logger.debug("skipping a packet flagged corrupt in %s (pts %s)", self._spec.display, packet.pts)
+                continue
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError as exc:

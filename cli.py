@@ -442,7 +442,6 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
 @click.option("--guidance-every", type=int, default=8, show_default=True, help="Refresh CLIP guidance every N frames.")
 @click.option("--guidance-ema", type=float, default=0.5, show_default=True, help="Weight of fresh guidance (1 = none).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network.")
 @click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
 @click.option("--crf", type=int, default=23, show_default=True, help="Quality, 0 (lossless) to 51.")
 @click.option("--preset", default="veryfast", show_default=True)
@@ -462,7 +461,7 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
 @click.pass_obj
 def dehaze(app: AppContext, source: str, output: str | None, output_format: str | None, model: str,
            weights: Path | None, device: str, precision: str, scan_backend: str, threads: int, batch: int, guidance_every: int,
-           guidance_ema: float, scale: float, use_compile: bool, codec: str, crf: int, preset: str, gop_s: float,
+           guidance_ema: float, scale: float, codec: str, crf: int, preset: str, gop_s: float,
            max_frames: int | None, duration_s: float | None, side_by_side: bool, stats_path: Path | None,
            metrics_port: int | None, metrics_addr: str, density_log: Path | None, fill_gaps: bool,
            rtsp_user: str | None, rtsp_password: str | None) -> None:  # fmt: skip
@@ -481,7 +480,6 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
         precision=precision,
         guidance=GuidanceCacheConfig(refresh_every=guidance_every, ema_weight=guidance_ema),
         scale=scale,
-        use_compile=use_compile,
         side_by_side=side_by_side,
         max_frames=max_frames,
         max_duration_s=duration_s,

@@ -37,12 +37,11 @@ class PipelineConfig:
 
     batch: int = 1  # frames per restore call (micro-batching)
     queue_depth: int = 4  # capacity of each inter-stage queue, in items (frames before upload, batches after)
-    device: str = "cpu"  # torch device string of the dehazer: "cpu", "cuda", "cuda:1"
-    precision: str = "fp32"  # autocast dtype of the network: one of PRECISIONS
+    device: str = "cpu"  # requested device, for the record (the dehazer's own device is what runs)
+    precision: str = "fp32"  # requested network precision, for the record (the dehazer applies it)
     guidance: GuidanceCacheConfig = field(default_factory=GuidanceCacheConfig)  # guidance cache policy
     scale: float = 1.0  # network resolution factor passed to Dehazer.restore, in (0, 1]
     live_drop_policy: str = "drop_oldest"  # live sources: what decode does when the pipeline is full
-    use_compile: bool = False  # ask the dehazer loader for torch.compile
     side_by_side: bool = False  # output frames are [input | restored], twice as wide
     max_frames: int | None = None  # stop after this many source frames (None = until end of stream)
     max_duration_s: float | None = None  # stop after this much source time (None = until end of stream)

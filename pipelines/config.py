@@ -16,7 +16,7 @@ class PipelineConfigError(ValueError):
 class GuidanceCacheConfig:
     """When CLIP guidance is recomputed and how it is blended over time."""
 
-    refresh_every: int = 8  # frames between guidance refreshes (1 = every frame); chosen from bench (c)
+    refresh_every: int = 8  # frames between guidance refreshes (1 = every frame); why 8: guidance_cache docstring
     ema_weight: float = 0.5  # weight of a fresh guidance when blended into the cached one (1 = no blending)
     scene_cut_threshold: float = 0.12  # mean abs grey difference in [0, 1] between consecutive thumbnails
     thumbnail_px: int = 32  # side of the downscaled grey frame the scene-cut detector compares

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 EXIT_HARD_STOP = 130  # second signal: leave at once
-CRF_MIN, CRF_MAX = 0, 51  # x264/x265 constant-rate-factor range
+CRF_MIN, CRF_MAX = 1, 51  # x264/x265 constant-rate factor; 0 (lossless) needs High 4:4:4, the sink encodes High
 STATUS_EVERY_S = 10.0  # live sources: seconds between status log lines
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEMO_OUTPUT = "cliphaze_demo.mp4"
@@ -443,7 +443,7 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
 @click.option("--guidance-ema", type=float, default=0.5, show_default=True, help="Weight of fresh guidance (1 = none).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
 @click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
-@click.option("--crf", type=int, default=23, show_default=True, help="Quality, 0 (lossless) to 51.")
+@click.option("--crf", type=int, default=23, show_default=True, help="Quality, 1 (best) to 51.")
 @click.option("--preset", default="veryfast", show_default=True)
 @click.option("--gop", "gop_s", type=float, default=2.0, show_default=True, help="Keyframe interval in seconds (<= 2).")
 @click.option("--max-frames", type=int, help="Stop after N frames.")

@@ -55,6 +55,7 @@ def test_weights_file_is_small_safetensors_bundle() -> None:
     assert '"name": "cliphaze-t"' in metadata["net_config"]
 
 
+@pytest.mark.slow
 def test_shipped_model_beats_the_hazy_input(dehazer) -> None:
     assert dehazer.name == "cliphaze-t" and dehazer.uses_guidance
     gains = {kind: [] for kind in HAZE_KINDS}

@@ -122,9 +122,16 @@ def rewrite_bundle(bundle: Path, path: Path, *, net_variant: str) -> Path:
 
 
 def count_frames(path: Path) -> int:
-    """Decodable video frames (errors in the stream are tolerated, as a player would)."""
+    """Decodable video frames; a damaged packet (e.g. a cut last fragment) is skipped, as a player would."""
+    frames = 0
     with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            try:
+                frames += len(packet.decode())
+            except av.error.InvalidDataError:
+                continue
+    return frames
 
 
 def frame_times(path: Path) -> list[float]:

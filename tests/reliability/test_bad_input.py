@@ -227,6 +227,7 @@ def test_good_tiny_bundle_is_accepted(tmp_path: Path, good_mp4: Path, tiny_bundl
         ("--guidance-every", "0"),
         ("--guidance-ema", "0"),
         ("--crf", "-5"),
+        ("--crf", "0"),
         ("--crf", "99"),
         ("--gop", "0"),
         ("--gop", "60"),

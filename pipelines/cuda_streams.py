@@ -110,7 +110,6 @@ class CpuStreams:
 
     def to_compute(self, *tensors: torch.Tensor | None) -> None:
         """Nothing to do: there is one (implicit) stream."""
-        return None
 
 
 class CudaStreams:

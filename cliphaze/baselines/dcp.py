@@ -55,7 +55,7 @@ class DcpConfig:
 
 
 def _odd_at_least_3(value: float) -> int:
-    k = max(3, int(round(value)))
+    k = max(3, round(value))
     return k if k % 2 == 1 else k + 1
 
 
@@ -115,7 +115,7 @@ class DarkChannelDehazer:
     def _subsample(self, height: int, scale: float) -> int:
         factor = max(1, math.ceil(height / self.config.work_height_px))
         if scale < 1.0:
-            factor = max(factor, int(round(1.0 / scale)))
+            factor = max(factor, round(1.0 / scale))
         return factor
 
     def _smooth_airlight(self, per_frame: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch

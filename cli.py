@@ -39,10 +39,12 @@ SAMPLE_CLIP = "sample_hazy.mp4"
 RTSP_SCHEMES = ("rtsp", "rtsps")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Lazily registered commands from other packages: name -> (module, attribute).
+# Commands defined in other packages, imported only when invoked: CLI name -> module. The module's
+# click command whose ``name`` is the CLI name is used (so its Python attribute name does not matter).
 LAZY_COMMANDS = {
-    "train": ("cliphaze.train.commands", "train"),
-    "train-prompts": ("cliphaze.train.commands", "train_prompts"),
-    "eval": ("cliphaze.train.commands", "eval_command"),
+    "train": "cliphaze.train.commands",
+    "train-prompts": "cliphaze.train.commands",
+    "eval": "cliphaze.train.commands",
 }
 
 
@@ -99,15 +101,16 @@ class CliGroup(click.Group):
     """Click group that turns every exception into one line and an exit code, and loads lazy commands."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        lazy = [name for name, (module, _) in LAZY_COMMANDS.items() if _module_exists(module)]
+        lazy = [name for name, module in LAZY_COMMANDS.items() if _module_exists(module)]
         return sorted([*super().list_commands(ctx), *lazy])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in LAZY_COMMANDS:
-            module, attr = LAZY_COMMANDS[cmd_name]
-            if _module_exists(module):
-                command = getattr(importlib.import_module(module), attr)
+        module_name = LAZY_COMMANDS.get(cmd_name)
+        if command is None and module_name is not None and _module_exists(module_name):
+            module = importlib.import_module(module_name)
+            found = [c for c in vars(module).values() if isinstance(c, click.Command) and c.name == cmd_name]
+            command = found[0] if found else None
         return command
 
     def invoke(self, ctx: click.Context) -> Any:

@@ -304,6 +304,19 @@ def test_models_lists_variants_and_baselines() -> None:
     assert "dcp" in stdout and "none" in stdout
 
 
+def test_training_commands_are_registered_lazily() -> None:
+    from cli import LAZY_COMMANDS, _module_exists
+
+    code, stdout, _ = cli("--help")
+    assert code == 0
+    for name, module in LAZY_COMMANDS.items():
+        if _module_exists(module):
+            assert name in stdout
+            sub_code, sub_out, sub_err = cli(name, "--help")
+            assert sub_code == 0, sub_err
+            assert "Usage:" in sub_out
+
+
 def test_help_is_light() -> None:
     """``cliphaze --help`` must not import torch or the model code."""
     code = "import sys, cli; from click.testing import CliRunner; CliRunner().invoke(cli.main, ['--help']); " \

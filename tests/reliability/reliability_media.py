@@ -25,9 +25,10 @@ def ffmpeg(*args: str) -> None:
                    timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
 
 
-def make_clip(path: Path, seconds: float = 1.0, size: str = "96x64", extra: tuple[str, ...] = ()) -> Path:
+def make_clip(path: Path, seconds: float = 1.0, size: str = "96x64", extra: tuple[str, ...] = (),
+              source: str = "testsrc") -> Path:  # fmt: skip
     """H.264 test pattern (non-fragmented MP4 when ``path`` ends in .mp4: its index sits at the end)."""
-    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate={RATE}", "-t", str(seconds), "-c:v", "libx264",
+    ffmpeg("-f", "lavfi", "-i", f"{source}=size={size}:rate={RATE}", "-t", str(seconds), "-c:v", "libx264",
            "-pix_fmt", "yuv420p", *extra, str(path))  # fmt: skip
     return path
 

@@ -32,6 +32,7 @@ _SCHEMES = {
 }
 _LIVE_KINDS = frozenset({"rtsp", "rtmp", "srt", "v4l2"})  # http is live only for HLS/streams, decided at open
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_AUTHORITY_RE = re.compile(r"^[^/:@]*://")  # what redact treats as a URL: anything up to a first "://"
 
 # file extension -> FFmpeg muxer for sinks
 SINK_FORMATS = {
@@ -70,17 +71,26 @@ def redact(url: str) -> str:
     Returns:
         The string safe to log.
     """
-    if not _SCHEME_RE.match(url):
+    match = _AUTHORITY_RE.match(url)  # also "://u:p@h" with a mistyped or missing scheme
+    if match is None:
         return url
     try:
         parts = urlsplit(url)
     except ValueError:
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + REDACTED + "@", url)
-    if parts.password is None:
+        parts = None
+    if parts is not None and parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+    # A password with an unencoded '/', '?' or '#' ends the authority early for urlsplit
+    # ("rtsp://admin:pa/ss@cam"): hide everything from the first ':' of the userinfo to the last '@'.
+    # When the URL is ambiguous ("rtsp://cam:554/a@b") this hides too much rather than too little.
+    rest = url[match.end() :]
+    at = rest.rfind("@")
+    if at < 0 or ":" not in rest[:at]:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+    user = rest[:at].split(":", 1)[0]
+    return f"{url[: match.end()]}{user}:{REDACTED}{rest[at:]}"
 
 
 @dataclass(frozen=True)
@@ -170,8 +180,8 @@ def parse_source(text: str | os.PathLike[str]) -> SourceSpec:
         raise BadUriError(f"unsupported source scheme {scheme!r} in {redact(text)}")
     if kind == "file":
         return SourceSpec(kind="file", url=parts.path, is_live=False)
-    if kind == "v4l2":
-        return SourceSpec(kind="v4l2", url=parts.path or parts.netloc, is_live=True)
+    if kind == "v4l2":  # a device path; a userinfo part would be meaningless (and must not be printed)
+        return SourceSpec(kind="v4l2", url=parts.path or parts.hostname or "", is_live=True)
     if not parts.hostname:
         raise BadUriError(f"no host in {redact(text)}")
     if kind == "http" and parts.path.lower().endswith(".m3u8"):

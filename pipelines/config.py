@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -27,7 +28,7 @@ class GuidanceCacheConfig:
             raise PipelineConfigError(f"guidance refresh interval must be >= 1 frame, got {self.refresh_every}")
         if not 0.0 < self.ema_weight <= 1.0:
             raise PipelineConfigError(f"guidance EMA weight must be in (0, 1], got {self.ema_weight}")
-        if self.scene_cut_threshold <= 0.0 or self.thumbnail_px < 2:
+        if not (math.isfinite(self.scene_cut_threshold) and self.scene_cut_threshold > 0.0) or self.thumbnail_px < 2:
             raise PipelineConfigError("scene-cut threshold must be > 0 and the thumbnail at least 2 px")
 
 
@@ -62,5 +63,9 @@ class PipelineConfig:
             raise PipelineConfigError(f"live drop policy must be one of {', '.join(DROP_POLICIES)}")
         if self.max_frames is not None and self.max_frames < 1:
             raise PipelineConfigError(f"max frames must be >= 1, got {self.max_frames}")
-        if self.max_duration_s is not None and self.max_duration_s <= 0:
+        if self.max_duration_s is not None and not (math.isfinite(self.max_duration_s) and self.max_duration_s > 0):
             raise PipelineConfigError(f"duration must be > 0 s, got {self.max_duration_s}")
+        if not (math.isfinite(self.batch_wait_s) and self.batch_wait_s >= 0):
+            raise PipelineConfigError(f"batch wait must be >= 0 s, got {self.batch_wait_s}")
+        if not (math.isfinite(self.poll_s) and self.poll_s > 0):
+            raise PipelineConfigError(f"poll interval must be > 0 s, got {self.poll_s}")

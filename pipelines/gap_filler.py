@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -45,11 +46,11 @@ class GapFillConfig:
     max_fill_s: float | None = None  # stop repeating after this long without a real frame (None = forever)
 
     def __post_init__(self) -> None:
-        if self.after_s <= 0:
+        if not (math.isfinite(self.after_s) and self.after_s > 0):
             raise GapFillError(f"gap fill delay must be > 0 s, got {self.after_s}")
         if self.fps is not None and self.fps <= 0:
             raise GapFillError(f"gap fill rate must be > 0, got {self.fps}")
-        if self.max_fill_s is not None and self.max_fill_s <= 0:
+        if self.max_fill_s is not None and not (math.isfinite(self.max_fill_s) and self.max_fill_s > 0):
             raise GapFillError(f"gap fill limit must be > 0 s, got {self.max_fill_s}")
 
 

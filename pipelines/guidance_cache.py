@@ -19,10 +19,12 @@ frame's guidance is exactly ``encode_guidance`` of that frame.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cliphaze.dehazer import Dehazer
 from cliphaze.guidance_types import Guidance
@@ -45,19 +47,32 @@ class CacheCounters:
     invalidations: int = 0
 
 
-def thumbnails(frames: torch.Tensor, size_px: int) -> torch.Tensor:
-    """Downscaled grey thumbnails for the scene-cut detector.
+@dataclass(frozen=True)
+class CacheResult:
+    """Guidance of one batch."""
+
+    guidance: Guidance  # for restore: batch N, or batch 1 when all frames share one
+    per_frame: list[Guidance]  # the batch-1 guidance of each frame
+    densities: list[float] | None  # mean haze density of each frame's guidance in [0, 1] (None: no density map)
+    ready: Marker | None  # restoration waits for this (fresh guidance only); None when nothing new was made
+
+
+def thumbnails(frames: Sequence[np.ndarray], size_px: int) -> np.ndarray:
+    """Downscaled grey thumbnails for the scene-cut detector, computed on the host (no device sync).
 
     Args:
-        frames: (N, H, W, 3) uint8.
+        frames: (H, W, 3) uint8 arrays.
         size_px: thumbnail side.
 
     Returns:
-        (N, size_px, size_px) float in [0, 1].
+        (N, size_px, size_px) float32 in [0, 1].
     """
-    step = max(1, min(frames.shape[1], frames.shape[2]) // (size_px * DETECTOR_PIXELS_PER_CELL))
-    sparse = frames[:, ::step, ::step].float().mean(dim=-1) / 255.0
-    return F.adaptive_avg_pool2d(sparse.unsqueeze(1), size_px).squeeze(1)
+    out = np.empty((len(frames), size_px, size_px), dtype=np.float32)
+    for i, frame in enumerate(frames):
+        step = max(1, min(frame.shape[0], frame.shape[1]) // (size_px * DETECTOR_PIXELS_PER_CELL))
+        grey = frame[::step, ::step].mean(axis=2, dtype=np.float32) / 255.0
+        out[i] = cv2.resize(grey, (size_px, size_px), interpolation=cv2.INTER_AREA)
+    return out
 
 
 class GuidanceCache:
@@ -71,7 +86,8 @@ class GuidanceCache:
         self._current: Guidance | None = None  # batch-1 guidance in use
         self._pending: tuple[Guidance, Marker] | None = None  # launched refresh not finished yet
         self._since_refresh = 0  # frames since the last refresh was launched
-        self._previous_thumb: torch.Tensor | None = None  # (s, s) of the last frame seen
+        self._previous_thumb: np.ndarray | None = None  # (s, s) of the last frame seen
+        self._current_density: float | None = None  # mean of the current density map (host copy)
 
     def invalidate(self) -> None:
         """Forget everything: the next frame computes fresh guidance (and waits for it)."""
@@ -80,27 +96,33 @@ class GuidanceCache:
         self._previous_thumb = None
 
     def _adopt(self, fresh: Guidance) -> None:
+        """Make ``fresh`` (blended) current. Called only once its work is done or must be waited for anyway."""
         self._current = fresh if self._current is None else self._current.lerp(fresh, self.config.ema_weight)
+        density = self._current.density
+        # one small device->host copy per refresh (not per frame); its stream has no CLIP work queued after it
+        self._current_density = None if density is None else float(density.float().mean())
 
-    def guidance_for(self, frames: torch.Tensor) -> tuple[Guidance, list[Guidance], Marker | None]:
+    def guidance_for(self, frames: torch.Tensor, host: Sequence[np.ndarray] | None = None) -> CacheResult:
         """Guidance for a batch, frame by frame in order.
 
         Call inside ``streams.guidance()`` after the frames' upload marker was waited for.
 
         Args:
             frames: (N, H, W, 3) uint8 on the dehazer's device.
+            host: the same frames as (H, W, 3) host arrays, for the scene-cut detector (the engine has
+                them; without them the frames are copied back, which synchronizes a GPU).
 
         Returns:
-            (batch guidance for ``restore`` (batch N, or 1 when all frames share one), the per-frame
-            batch-1 guidances, a marker restoration must wait for, or None when nothing new was made).
+            The batch's guidance, per-frame guidances and densities, and the marker to wait for.
         """
         cfg = self.config
-        thumbs = thumbnails(frames, cfg.thumbnail_px)
+        thumbs = thumbnails(host if host is not None else list(frames.cpu().numpy()), cfg.thumbnail_px)
         per_frame: list[Guidance] = []
+        densities: list[float | None] = []
         ready: Marker | None = None
         for i in range(frames.shape[0]):
             if self._previous_thumb is not None:
-                change = (thumbs[i] - self._previous_thumb).abs().mean().item()
+                change = float(np.abs(thumbs[i] - self._previous_thumb).mean())
                 if change > cfg.scene_cut_threshold:
                     logger.debug("scene cut (mean abs change %.3f): guidance invalidated", change)
                     self.counters.invalidations += 1
@@ -127,9 +149,11 @@ class GuidanceCache:
             self._since_refresh += 1
             assert self._current is not None  # adopted above whenever there was none
             per_frame.append(self._current)
+            densities.append(self._current_density)
         if all(g is per_frame[0] for g in per_frame):
             batch = per_frame[0]
         else:
             batch = Guidance.cat(per_frame)
         self.streams.to_compute(batch.density, batch.tokens)
-        return batch, per_frame, ready
+        known = None if any(d is None for d in densities) else [float(d) for d in densities if d is not None]
+        return CacheResult(guidance=batch, per_frame=per_frame, densities=known, ready=ready)

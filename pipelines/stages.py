@@ -67,7 +67,7 @@ class BatchItem:
     uploaded: Marker  # the host-to-device copy is done
     guidance: Guidance | None = None  # for restore (batch N or 1)
     guidance_ready: Marker | None = None  # restoration waits for this (fresh guidance only)
-    density: torch.Tensor | None = None  # (N,) mean haze density per frame in [0, 1]
+    density: list[float] | None = None  # mean haze density per frame in [0, 1]
     restored: torch.Tensor | None = None  # (N, H, W', 3) uint8 on the device
     restored_ready: Marker | None = None
 
@@ -231,12 +231,11 @@ def guidance_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
             started = time.perf_counter()
             with ctx.streams.guidance():
                 msg.uploaded.wait()
-                guidance, per_frame, ready = ctx.cache.guidance_for(msg.frames)
-                msg.guidance_ready = ready
+                result = ctx.cache.guidance_for(msg.frames, [it.frame.data for it in msg.items])
+                msg.guidance_ready = result.ready
                 if ctx.dehazer.uses_guidance:
-                    msg.guidance = guidance
-                if all(g.density is not None for g in per_frame):
-                    msg.density = torch.stack([g.density.float().mean() for g in per_frame])  # type: ignore[union-attr]
+                    msg.guidance = result.guidance
+                msg.density = result.densities
             ctx.timed("guidance", started)
         assert msg is not None
         ctx.control.put(out, msg)
@@ -275,10 +274,10 @@ def download_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
             started = time.perf_counter()
             host = ctx.streams.download(msg.restored, msg.restored_ready)
             arrays: np.ndarray = host.numpy()
-            density = None if msg.density is None else [float(d) for d in msg.density.tolist()]
             frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
             ctx.timed("download", started)
-            ctx.control.put(out, OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=density))
+            entered = [it.entered_s for it in msg.items]
+            ctx.control.put(out, OutBatch(frames=frames, entered_s=entered, density=msg.density))
             continue
         assert msg is not None
         ctx.control.put(out, msg)

@@ -72,11 +72,13 @@ def test_ema_blends_fresh_guidance() -> None:
     cache = GuidanceCache(dehazer, GuidanceCacheConfig(refresh_every=1, ema_weight=0.25), create_streams(dehazer.device))
     dark = torch.full((1, 8, 8, 3), 40, dtype=torch.uint8)
     lighter = torch.full((1, 8, 8, 3), 50, dtype=torch.uint8)  # small change: no scene cut
-    first, _, _ = cache.guidance_for(dark)
-    second, _, _ = cache.guidance_for(lighter)
+    first = cache.guidance_for(dark).guidance
+    second_result = cache.guidance_for(lighter)
+    second = second_result.guidance
     assert first.density is not None and second.density is not None
     expected = 40 / 255 + 0.25 * (50 / 255 - 40 / 255)
     assert second.density.flatten()[0].item() == pytest.approx(expected, rel=1e-6)
+    assert second_result.densities == [pytest.approx(expected, rel=1e-6)]
     assert cache.counters.misses == 2 and cache.counters.invalidations == 0
 
 
@@ -104,6 +106,8 @@ def test_batched_guidance_is_concatenated_per_frame() -> None:
     dehazer = CountingDehazer()
     cache = GuidanceCache(dehazer, GuidanceCacheConfig(refresh_every=2, ema_weight=1.0), create_streams(dehazer.device))
     frames = torch.stack([torch.full((8, 8, 3), v, dtype=torch.uint8) for v in (40, 41, 42, 43)])
-    batch, per_frame, _ = cache.guidance_for(frames)
+    result = cache.guidance_for(frames, list(frames.numpy()))
+    batch, per_frame = result.guidance, result.per_frame
+    assert result.densities is not None and len(result.densities) == 4
     assert isinstance(batch, Guidance) and batch.batch_size == 4 and len(per_frame) == 4
     assert per_frame[0] is per_frame[1] and per_frame[2] is per_frame[3] and per_frame[1] is not per_frame[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,7 +31,15 @@ class ReconnectPolicy:
         Returns:
             Seconds to wait, in ``[0, cap_s * (1 + jitter)]``.
         """
-        base = min(self.cap_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+        steps = max(0, attempt - 1)
+        # cap reached after log(cap / initial) / log(multiplier) steps; past it the power would overflow a float
+        # (after ~1024 attempts: a camera down for hours must keep retrying, not crash the supervisor)
+        if self.initial_s <= 0 or self.multiplier <= 1:
+            base = min(self.cap_s, max(0.0, self.initial_s) * min(1.0, self.multiplier) ** steps)
+        elif self.initial_s >= self.cap_s or steps >= math.log(self.cap_s / self.initial_s, self.multiplier):
+            base = self.cap_s
+        else:
+            base = self.initial_s * self.multiplier**steps
         spread = (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, base * (1.0 + spread))
 

@@ -78,12 +78,13 @@ def redact(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         parts = None
-    if parts is not None and parts.password is not None:
+    cut_early = parts is not None and "@" in parts.path + parts.query + parts.fragment
+    if parts is not None and parts.password is not None and not cut_early:
         user = parts.username or ""
         host = parts.netloc.rsplit("@", 1)[1]
         return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
-    # A password with an unencoded '/', '?' or '#' ends the authority early for urlsplit
-    # ("rtsp://admin:pa/ss@cam"): hide everything from the first ':' of the userinfo to the last '@'.
+    # A password with an unencoded '/', '?' or '#' ends the authority early for urlsplit ("rtsp://admin:pa/ss@cam",
+    # an '@' left in the path): hide everything from the first ':' of the userinfo to the last '@'.
     # When the URL is ambiguous ("rtsp://cam:554/a@b") this hides too much rather than too little.
     rest = url[match.end() :]
     at = rest.rfind("@")

@@ -210,6 +210,7 @@ class DehazerPlan:
     precision: str
     scan_backend: str
     threads: int  # torch intra-op threads on the CPU (0 = half the cores)
+    compile_mode: str = "off"  # torch.compile mode of the cliphaze network (cliphaze.compiled.COMPILE_MODES)
 
     def create(self) -> Any:
         import torch
@@ -220,16 +221,19 @@ class DehazerPlan:
             # OpenMP workers spin on busy cores: sharing every core with the decoder and encoder threads
             # made dcp 5-10x slower than leaving them half (measured on 2 cores).
             torch.set_num_threads(self.threads or max(1, (os.cpu_count() or 1) // 2))
-        return create_dehazer(self.choice, self.device, precision=self.precision, scan_backend=self.scan_backend)
+        return create_dehazer(self.choice, self.device, precision=self.precision, scan_backend=self.scan_backend,
+                              compile_mode=self.compile_mode)
 
 
 def _plan_dehazer(
-    model: str, weights: Path | None, device: str, precision: str, scan_backend: str, threads: int
+    model: str, weights: Path | None, device: str, precision: str, scan_backend: str, threads: int,
+    compile_mode: str = "off",
 ) -> DehazerPlan:
     """Validate model, weights and device without loading anything yet."""
     from pipelines.dehazers import choose_dehazer, resolve_device
 
-    return DehazerPlan(choose_dehazer(model, weights), resolve_device(device), precision, scan_backend, threads)
+    return DehazerPlan(choose_dehazer(model, weights), resolve_device(device), precision, scan_backend, threads,
+                       compile_mode)
 
 
 def _with_credentials(uri: str, user: str | None, password: str | None) -> str:
@@ -445,6 +449,10 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
 @click.option("--guidance-every", type=int, default=8, show_default=True, help="Refresh CLIP guidance every N frames.")
 @click.option("--guidance-ema", type=float, default=0.5, show_default=True, help="Weight of fresh guidance (1 = none).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
+@click.option("--compile", "compile_mode", type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+              default="off", show_default=True,
+              help="torch.compile the cliphaze network (reduce-overhead = CUDA graphs, CUDA only; the first frame "
+                   "compiles).")  # fmt: skip
 @click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
 @click.option("--crf", type=int, default=23, show_default=True, help="Quality, 1 (best) to 51.")
 @click.option("--preset", default="veryfast", show_default=True)
@@ -464,7 +472,7 @@ def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[
 @click.pass_obj
 def dehaze(app: AppContext, source: str, output: str | None, output_format: str | None, model: str,
            weights: Path | None, device: str, precision: str, scan_backend: str, threads: int, batch: int, guidance_every: int,
-           guidance_ema: float, scale: float, codec: str, crf: int, preset: str, gop_s: float,
+           guidance_ema: float, scale: float, compile_mode: str, codec: str, crf: int, preset: str, gop_s: float,
            max_frames: int | None, duration_s: float | None, side_by_side: bool, stats_path: Path | None,
            metrics_port: int | None, metrics_addr: str, density_log: Path | None, fill_gaps: bool,
            rtsp_user: str | None, rtsp_password: str | None) -> None:  # fmt: skip
@@ -491,7 +499,7 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
     encoder = _encoder_config(codec, crf, preset, gop_s)
     job = DehazeJob(source, output or _default_output(source), output_format, pipeline, encoder, stats_path,
                     metrics_port, metrics_addr, density_log, fill_gaps)  # fmt: skip
-    _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads), stop)
+    _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads, compile_mode), stop)
 
 
 def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:

@@ -10,6 +10,9 @@ fields K and Bb back to full resolution by GUIDED upsampling: bilinear upsamplin
 frame's edges. The restoration ``K * x - Bb + x`` is then formed at full resolution from the full-resolution
 input — the output image is never resized.
 
+``compile_mode`` (off by default) runs the network's forward through ``torch.compile`` (see
+:mod:`cliphaze.compiled`; ``"reduce-overhead"`` = CUDA graphs on a GPU). Weights and outputs are the same.
+
 open_clip is only imported when guidance towers are built (``from_bundle`` with a guided network).
 """
 
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from cliphaze.clip.encoder import PRECISIONS
+from cliphaze.compiled import OFF, CompileError, compile_forward_fields
 from cliphaze.guidance_types import Guidance
 from cliphaze.preprocess import frames_to_model, model_to_frames
 
@@ -84,6 +88,8 @@ class ClipHazeDehazer:
         device: torch.device | str | None = None,
         precision: str = "fp32",
         upsample: GuidedUpsampleConfig | None = None,
+        compile_mode: str = OFF,
+        compile_backend: str = "inductor",
     ) -> None:
         """Assemble from parts; prefer :meth:`from_bundle` / :meth:`from_parts`.
 
@@ -92,6 +98,9 @@ class ClipHazeDehazer:
             guidance_encoder: towers + prompts; may be None only for a network using no guidance.
             device: defaults to the encoder's device, else the network's.
             precision: "fp32", or "bf16"/"fp16" run under autocast.
+            compile_mode: ``cliphaze.compiled.COMPILE_MODES``: "off", or a torch.compile mode
+                ("reduce-overhead" = CUDA graphs, CUDA only).
+            compile_backend: torch.compile backend ("inductor"; "aot_eager" traces without generating code).
         """
         if precision not in PRECISIONS:
             raise DehazerConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -104,6 +113,11 @@ class ClipHazeDehazer:
         self.precision = precision
         self.upsample = upsample or GuidedUpsampleConfig()
         self.name = net.config.name
+        self.compile_mode = compile_mode
+        try:
+            self._forward_fields = compile_forward_fields(self.net, compile_mode, self.device, compile_backend)
+        except CompileError as exc:
+            raise DehazerConfigError(str(exc)) from exc
 
     @classmethod
     def from_parts(
@@ -121,14 +135,15 @@ class ClipHazeDehazer:
         device: torch.device | str = "cpu",
         precision: str = "fp32",
         scan_backend: str = "auto",
+        compile_mode: str = OFF,
         **bundle_options: str | None,
     ) -> ClipHazeDehazer:
         """Load a bundle (see :func:`cliphaze.bundle.load_bundle`; extra options such as ``daclip_checkpoint``
-        relocate referenced tower files)."""
+        relocate referenced tower files); ``compile_mode`` as in the constructor."""
         from cliphaze.bundle import load_bundle
 
         loaded = load_bundle(path, device=device, precision=precision, scan_backend=scan_backend, **bundle_options)
-        return cls(loaded.net, loaded.encoder, device=device, precision=precision)
+        return cls(loaded.net, loaded.encoder, device=device, precision=precision, compile_mode=compile_mode)
 
     @property
     def uses_guidance(self) -> bool:
@@ -168,7 +183,7 @@ class ClipHazeDehazer:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             net_in = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         with self._autocast():
-            k, bb = self.net.forward_fields(net_in, guidance.density, guidance.tokens)
+            k, bb = self._forward_fields(net_in, guidance.density, guidance.tokens)
         k, bb = k.float(), bb.float()
         if scale < 1.0:
             fields = guided_upsample_fields((x + 1.0) * 0.5, torch.cat([k, bb], dim=1), self.upsample, scale)
@@ -196,8 +211,8 @@ def check_compatible(net: ClipHazeNet, encoder: GuidanceEncoder | None) -> None:
 
 def load_dehazer(
     path: str | os.PathLike[str], *, device: torch.device | str = "cpu", precision: str = "fp32",
-    scan_backend: str = "auto", **bundle_options: str | None,
+    scan_backend: str = "auto", compile_mode: str = OFF, **bundle_options: str | None,
 ) -> ClipHazeDehazer:
     """Convenience: :meth:`ClipHazeDehazer.from_bundle`."""
     return ClipHazeDehazer.from_bundle(path, device=device, precision=precision, scan_backend=scan_backend,
-                                       **bundle_options)
+                                       compile_mode=compile_mode, **bundle_options)

@@ -96,8 +96,24 @@ def create_dehazer(
     *,
     precision: str = "fp32",
     scan_backend: str = "auto",
+    compile_mode: str = "off",
 ) -> Dehazer:
-    """Instantiate the chosen dehazer on ``device``."""
+    """Instantiate the chosen dehazer on ``device``.
+
+    ``compile_mode`` (cliphaze only): ``cliphaze.compiled.COMPILE_MODES``; "reduce-overhead" = CUDA graphs.
+
+    Raises:
+        DehazerChoiceError: compile asked for a dehazer without a network, or CUDA graphs off CUDA.
+    """
+    if compile_mode != "off":
+        from cliphaze.compiled import CompileError, check_compile_mode
+
+        if choice.model != "cliphaze":
+            raise DehazerChoiceError(f"--compile applies to the cliphaze model, not {choice.model} ({choice.note})")
+        try:
+            check_compile_mode(compile_mode, "inductor", device)
+        except CompileError as exc:
+            raise DehazerChoiceError(str(exc)) from exc
     if choice.model == "dcp":
         from cliphaze.baselines.dcp import DarkChannelDehazer
 
@@ -109,4 +125,5 @@ def create_dehazer(
     from cliphaze.cliphaze_dehazer import load_dehazer
 
     assert choice.weights is not None  # choose_dehazer guarantees it
-    return load_dehazer(choice.weights, device=device, precision=precision, scan_backend=scan_backend)
+    return load_dehazer(choice.weights, device=device, precision=precision, scan_backend=scan_backend,
+                        compile_mode=compile_mode)

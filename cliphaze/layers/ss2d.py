@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliphaze.config import SSMConfig
-from cliphaze.ops import selective_scan
+from cliphaze.ops import selective_scan, selective_scan_outside_graph
 from cliphaze.ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
 
 
@@ -72,7 +72,9 @@ class SS2D(nn.Module):
         """Grouped selective scan in fp32: xs, dts (B, K*D, L); bs, cs (B, K, N, L) -> (B, K*D, L)."""
         if xs.device.type == "meta":  # shape-only pass (FLOP counting); the scan's cost is added analytically
             return torch.empty_like(xs)
-        return selective_scan(
+        # Under torch.compile the scan kernel stays outside the graph (it cannot be traced).
+        scan = selective_scan_outside_graph() if torch.compiler.is_compiling() else selective_scan
+        return scan(
             xs,
             dts,
             -torch.exp(self.A_logs.float()),

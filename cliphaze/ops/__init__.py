@@ -7,6 +7,8 @@ or triton.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from cliphaze.ops.cross_scan import cross_merge, cross_scan
@@ -33,7 +35,13 @@ __all__ = [
     "get_scan_backend",
     "resolve_backend",
     "selective_scan",
+    "selective_scan_outside_graph",
 ]
+
+# selective_scan wrapped by torch.compiler.disable, built on first request (importing dynamo costs seconds,
+# so plain imports never build it). A one-slot list, not functools.cache: dynamo reads it while tracing and
+# warns about tracing through cache wrappers.
+_OUTSIDE_GRAPH: list[Callable[..., ScanResult]] = []
 
 
 def selective_scan(
@@ -87,3 +95,15 @@ def selective_scan(
         delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
+
+
+def selective_scan_outside_graph() -> Callable[..., ScanResult]:
+    """``selective_scan`` excluded from ``torch.compile`` graphs (same arguments and result).
+
+    The scan kernels (numba, mamba_ssm's CUDA extension) cannot be traced; dynamo would break the graph
+    inside the backend's Python code (and warn). Compiled networks call this wrapper instead: one clean
+    graph break around the scan, the rest of the network compiled.
+    """
+    if not _OUTSIDE_GRAPH:
+        _OUTSIDE_GRAPH.append(torch.compiler.disable(selective_scan, recursive=True))
+    return _OUTSIDE_GRAPH[0]

@@ -3,12 +3,13 @@
 
 Starts the GStreamer RTSP test camera (tests/stream/rtsp_server.py, Debian's python3-gi) unless
 ``--camera URL`` is given, runs the dehazing pipeline in this process for ``--duration`` seconds and
-samples, every ``--sample-every`` seconds: RSS, GPU memory (when CUDA is used), queue depths (source and
+samples, every ``--sample-every`` seconds: RSS (floor and peak), GPU memory (when CUDA is used), queue depths (source and
 the five stage queues), frames in/out/dropped, reconnects and per-frame latency (median of the frames
 written since the previous sample).
 
 After ``--warmup`` seconds it fits robust (Theil-Sen) slopes and fails (exit 1) when
-  - RSS grows faster than ``--max-rss-mb-per-min`` (1 MB/min), or
+  - RSS (the floor of each sample interval, polled every 0.1 s) grows faster than ``--max-rss-mb-per-min``
+    (1 MB/min), or
   - latency drifts upward: the fitted rise over the measured window exceeds both
     ``--max-latency-rise-ms`` and ``--max-latency-rise-frac`` x the median latency, or
   - the output stalls (fewer than ``--min-fps-frac`` x the camera rate written).
@@ -45,6 +46,9 @@ SERVER_START_S = 15.0
 SERVER_STOP_S = 5.0
 BYTES_PER_MB = 1024 * 1024
 S_PER_MIN = 60.0
+# RSS is polled this often and each sample keeps the interval's floor: transient frame buffers make the
+# instantaneous value jitter by +-2 MB, while a leak raises the floor.
+RSS_POLL_S = 0.1
 RUN_JOIN_S = 30.0  # after the stop request, how long the pipeline may take to drain
 
 logger = logging.getLogger("soak")
@@ -55,7 +59,8 @@ class Sample:
     """One observation of the running pipeline."""
 
     t_s: float  # seconds since the run started
-    rss_mb: float  # resident set size of this process
+    rss_mb: float  # floor (minimum) of this process's resident set size over the interval, polled every RSS_POLL_S
+    rss_peak_mb: float  # maximum over the same polls
     gpu_mb: float | None  # torch.cuda.memory_allocated, None without CUDA
     frames_in: int
     frames_out: int
@@ -180,7 +185,7 @@ def analyse(samples: list[Sample], args: argparse.Namespace, camera_fps: float) 
         "steady_samples": len(steady),
         "rss_mb_start": steady[0].rss_mb if steady else None,
         "rss_mb_end": steady[-1].rss_mb if steady else None,
-        "rss_mb_max": max((s.rss_mb for s in samples), default=None),
+        "rss_mb_max": max((s.rss_peak_mb for s in samples), default=None),
         "rss_slope_mb_per_min": rss_slope,
         "gpu_mb_max": max(gpu) if gpu else None,
         "gpu_slope_mb_per_min": theil_sen_slope(minutes, gpu) if gpu and len(gpu) == len(steady) else None,
@@ -245,13 +250,19 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         runner.start()
         previous_out, previous_t = 0, 0.0
         while runner.is_alive() and time.monotonic() - started < args.duration:
-            runner.join(args.sample_every)
+            polls = []
+            interval_end = time.monotonic() + args.sample_every
+            while runner.is_alive() and time.monotonic() < interval_end:
+                polls.append(rss_mb())
+                runner.join(min(RSS_POLL_S, max(0.0, interval_end - time.monotonic())))
+            polls.append(rss_mb())
             t_s = time.monotonic() - started
             latencies, last = recorder.take()
             frames_out = last.frames_out if last else 0
             sample = Sample(
                 t_s=t_s,
-                rss_mb=rss_mb(),
+                rss_mb=min(polls),
+                rss_peak_mb=max(polls),
                 gpu_mb=torch.cuda.memory_allocated() / BYTES_PER_MB if use_cuda else None,
                 frames_in=last.frames_in if last else 0,
                 frames_out=frames_out,
@@ -265,7 +276,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             previous_out, previous_t = frames_out, t_s
             samples.append(sample)
             print(
-                f"t={t_s:7.1f}s rss={sample.rss_mb:7.1f}MB out={sample.frames_out:6d} fps={sample.fps:5.1f} "
+                f"t={t_s:7.1f}s rss={sample.rss_mb:7.1f}/{sample.rss_peak_mb:.1f}MB out={sample.frames_out:6d} fps={sample.fps:5.1f} "
                 f"lat={sample.latency_ms or 0:6.1f}ms drops={sample.frames_dropped} rec={sample.reconnects} "
                 f"q={sample.source_queue}/{','.join(map(str, sample.stage_queues))}",
                 flush=True,

@@ -79,6 +79,8 @@ def _classify_open_error(exc: BaseException, spec: SourceSpec) -> SourceOpenErro
     where = spec.display
     reason = _reason(exc, spec)
     if spec.kind == "file":
+        if isinstance(exc, EOFError):  # a container with streams but not one packet (an aborted recording)
+            return SourceOpenError(f"no video frames in {where} (the file ends before the first)")
         if isinstance(exc, av.error.InvalidDataError):
             return SourceOpenError(f"not a video file (FFmpeg cannot read it): {where}")
         return SourceOpenError(f"cannot open {where}: {reason}")

@@ -54,7 +54,7 @@ INPUTS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "random_bytes_mp4": (lambda d, g: _write(d / "noise.mp4", os.urandom(20_000)), "not a video file"),
     "mp4_index_cut": (lambda d, g: media.cut_index(g, d / "cut.mp4"), "not a video file"),
     "audio_only": (lambda d, g: media.make_audio_only(d / "sound.m4a"), "no video stream"),
-    "zero_frames": (lambda d, g: media.make_zero_frames(d / "empty.mkv"), "cannot open"),
+    "zero_frames": (lambda d, g: media.make_zero_frames(d / "empty.mkv"), "no video frames"),
     "image_to_dehaze": (lambda d, g: media.make_png(d / "still.png"), "is an image"),
 }
 

@@ -6,6 +6,11 @@ chunk of ``CHECKPOINT_STEPS`` steps; the backward walks time in reverse, recompu
 states from its checkpoint. float32 and float64 kernels (numba specialises per dtype); half and
 bfloat16 inputs run in float32.
 
+Per chunk the decays exp(dt * A) of all steps and states are computed first, in a loop LLVM vectorises:
+in float32 with a polynomial exp (numba has no vector exp here; libm's scalar exp was most of the time),
+in float64 with libm's exp (the exact ground truth for gradcheck). The recurrences' N-state sums may be
+reassociated (fastmath reassoc/contract), so results differ from a strict sequential sum at rounding level.
+
 numba is imported only inside this module, when the backend is first probed (the first CPU scan),
 and compiled with ``cache=True`` so later processes load the machine code from disk. No numba, or a
 compile failure, makes the backend unavailable with the reason; it never crashes the import.
@@ -40,6 +45,21 @@ CHECKPOINT_STEPS = 64
 SOFTPLUS_THRESHOLD = 20.0
 # The backward aims for at least this many parallel jobs per numba thread (load balance).
 JOBS_PER_THREAD = 4
+# fastmath flags of the parallel kernels (see _build_kernels); no nnan/ninf: NaN and inf still propagate.
+KERNEL_FASTMATH = frozenset({"reassoc", "contract"})
+# Fast float32 exp: arguments are clamped to this range (below: ~1e-38 instead of a denormal or 0; above:
+# ~1.6e38 instead of inf); ln 2 split in a high part exact in a few bits and a low correction (Cody-Waite).
+EXP_ARG_MIN = -87.0
+EXP_ARG_MAX = 88.0
+LOG2_E = 1.4426950408889634
+LN2_HI = 0.693359375
+LN2_LO = -2.12194440e-4
+# 1/7!, ..., 1/2! (then 1, 1): Horner coefficients of exp(r) on |r| <= ln2/2; truncation error < 6e-9,
+# below float32's ulp.
+EXP_TAYLOR_7, EXP_TAYLOR_6, EXP_TAYLOR_5 = 1 / 5040, 1 / 720, 1 / 120
+EXP_TAYLOR_4, EXP_TAYLOR_3, EXP_TAYLOR_2 = 1 / 24, 1 / 6, 1 / 2
+FLOAT32_EXP_BIAS = 127
+FLOAT32_MANTISSA_BITS = 23
 INSTALL_HINT = "install numba with: pip install 'numba>=0.59' (a cliphaze dependency)"
 
 
@@ -55,17 +75,64 @@ class FusedKernels:
 
 def _build_kernels(numba: Any, started: float) -> FusedKernels:
     """Jit the kernels and run them once on tiny inputs so compile errors surface here."""
-    jit = numba.njit(parallel=True, fastmath=False, cache=True)
+    # reassoc/contract let LLVM vectorise the N-state dot products and use FMAs (summation order changes at
+    # float rounding level); the exp helpers below are compiled strictly, so their range reduction survives.
+    jit = numba.njit(parallel=True, fastmath=set(KERNEL_FASTMATH), cache=True)
+    strict = numba.njit(fastmath=False, cache=True)
+
+    @strict
+    def exp_parts(x):
+        """exp(x) = p * 2**k for float32 x, as (p, k): Cody-Waite reduction, degree-7 Taylor polynomial."""
+        x = min(max(x, np.float32(EXP_ARG_MIN)), np.float32(EXP_ARG_MAX))
+        k = np.floor(x * np.float32(LOG2_E) + np.float32(0.5))
+        r = x - k * np.float32(LN2_HI) - k * np.float32(LN2_LO)  # |r| <= ln2 / 2
+        p = np.float32(EXP_TAYLOR_7)
+        p = p * r + np.float32(EXP_TAYLOR_6)
+        p = p * r + np.float32(EXP_TAYLOR_5)
+        p = p * r + np.float32(EXP_TAYLOR_4)
+        p = p * r + np.float32(EXP_TAYLOR_3)
+        p = p * r + np.float32(EXP_TAYLOR_2)
+        p = p * r + np.float32(1.0)
+        p = p * r + np.float32(1.0)
+        return p, np.int32(k)
+
+    @strict
+    def decay_block(dtbuf, A, d, steps, fast_exp, abuf, ebuf):
+        """abuf[i, n] = exp(dtbuf[i] * A[d, n]) for i < steps.
+
+        fast_exp (float32 only): a branch-free polynomial exp that LLVM vectorises, the power of two
+        built from its exponent bits (ebuf, int32, seen through a float32 view); else libm's exp.
+        """
+        n_state = A.shape[1]
+        if fast_exp:
+            pow2 = ebuf.view(np.float32)
+            for i in range(steps):
+                for n in range(n_state):
+                    p, k = exp_parts(dtbuf[i] * A[d, n])
+                    abuf[i, n] = p
+                    ebuf[i, n] = (k + np.int32(FLOAT32_EXP_BIAS)) << np.int32(FLOAT32_MANTISSA_BITS)
+            for i in range(steps):
+                for n in range(n_state):
+                    abuf[i, n] *= pow2[i, n]
+        else:
+            for i in range(steps):
+                for n in range(n_state):
+                    abuf[i, n] = np.exp(dtbuf[i] * A[d, n])
 
     @jit
-    def forward_kernel(u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, ck_len, out, ckpt, last):
-        """Forward scan, parallel over (batch, channel); the N states live in a small local array."""
+    def forward_kernel(u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, fast_exp, ck_len, out, ckpt, last):
+        """Forward scan, parallel over (batch, channel); the N states live in a small local array.
+
+        Time runs in chunks of ck_len steps: the chunk's step sizes and decays exp(dt * A) are computed
+        first (vectorised across steps and states), then the recurrence.
+        """
         n_batch, dim, length = u.shape
         n_state = A.shape[1]
         b_per = dim // bmat.shape[1]
         c_per = dim // cmat.shape[1]
         b_var = bmat.shape[2] > 1
         c_var = cmat.shape[2] > 1
+        n_ck = ckpt.shape[2]
         for job in numba.prange(n_batch * dim):
             bi = job // dim
             d = job - bi * dim
@@ -74,32 +141,41 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
             gb = d // b_per
             gc = d // c_per
             h = np.zeros(n_state, dtype=u.dtype)
-            for t in range(length):
-                if t % ck_len == 0:
-                    ckpt[bi, d, t // ck_len, :] = h
-                dt = delta[bi, d, t] + bias[d]
-                if softplus and dt <= SOFTPLUS_THRESHOLD:
-                    dt = np.log1p(np.exp(dt))
-                ut = u[bi, d, t]
-                tb = t if b_var else 0
-                tc = t if c_var else 0
-                dtu = dt * ut
-                acc = 0.0
-                for n in range(n_state):
-                    hn = np.exp(dt * A[d, n]) * h[n] + dtu * bmat[bb, gb, tb, n]
-                    h[n] = hn
-                    acc += cmat[cb, gc, tc, n] * hn
-                y = acc + dskip[d] * ut
-                if has_z:
-                    zt = z[bi, d, t]
-                    y = y * zt / (1.0 + math.exp(-zt))
-                out[bi, d, t] = y
+            abuf = np.empty((ck_len, n_state), dtype=u.dtype)
+            ebuf = np.empty((ck_len, n_state), dtype=np.int32)
+            dtbuf = np.empty(ck_len, dtype=u.dtype)
+            for k in range(n_ck):
+                t0 = k * ck_len
+                steps = min(length, t0 + ck_len) - t0
+                ckpt[bi, d, k, :] = h
+                for i in range(steps):
+                    dt = delta[bi, d, t0 + i] + bias[d]
+                    if softplus and dt <= SOFTPLUS_THRESHOLD:
+                        dt = np.log1p(np.exp(dt))
+                    dtbuf[i] = dt
+                decay_block(dtbuf, A, d, steps, fast_exp, abuf, ebuf)
+                for i in range(steps):
+                    t = t0 + i
+                    ut = u[bi, d, t]
+                    tb = t if b_var else 0
+                    tc = t if c_var else 0
+                    dtu = dtbuf[i] * ut
+                    acc = 0.0
+                    for n in range(n_state):
+                        hn = abuf[i, n] * h[n] + dtu * bmat[bb, gb, tb, n]
+                        h[n] = hn
+                        acc += cmat[cb, gc, tc, n] * hn
+                    y = acc + dskip[d] * ut
+                    if has_z:
+                        zt = z[bi, d, t]
+                        y = y * zt / (1.0 + math.exp(-zt))
+                    out[bi, d, t] = y
             last[bi, d, :] = h
 
 
     @jit
     def backward_kernel(
-        u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, ck_len, ckpt, gout, block,
+        u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, fast_exp, ck_len, ckpt, gout, block,
         gu, gdelta, gz, ga_part, gd_part, gbias_part, gb_part, gc_part,
     ):  # fmt: skip
         """Reverse-time backward, parallel over (batch, block of ``block`` channels inside one B and one C group).
@@ -122,6 +198,7 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
             cb = bi if cmat.shape[0] > 1 else 0
             hbuf = np.empty((ck_len + 1, n_state), dtype=u.dtype)
             abuf = np.empty((ck_len, n_state), dtype=u.dtype)
+            ebuf = np.empty((ck_len, n_state), dtype=np.int32)
             dtbuf = np.empty(ck_len, dtype=u.dtype)
             gh = np.empty(n_state, dtype=u.dtype)
             ga_acc = np.empty(n_state, dtype=np.float64)
@@ -137,17 +214,17 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                     t1 = min(length, t0 + ck_len)
                     hbuf[0, :] = ckpt[bi, d, k, :]
                     for t in range(t0, t1):
-                        i = t - t0
                         dt = delta[bi, d, t] + bias[d]
                         if softplus and dt <= SOFTPLUS_THRESHOLD:
                             dt = np.log1p(np.exp(dt))
-                        dtbuf[i] = dt
-                        dtu = dt * u[bi, d, t]
+                        dtbuf[t - t0] = dt
+                    decay_block(dtbuf, A, d, t1 - t0, fast_exp, abuf, ebuf)
+                    for t in range(t0, t1):
+                        i = t - t0
+                        dtu = dtbuf[i] * u[bi, d, t]
                         tb = t if b_var else 0
                         for n in range(n_state):
-                            a = np.exp(dt * A[d, n])
-                            abuf[i, n] = a
-                            hbuf[i + 1, n] = a * hbuf[i, n] + dtu * bmat[bb, gb, tb, n]
+                            hbuf[i + 1, n] = abuf[i, n] * hbuf[i, n] + dtu * bmat[bb, gb, tb, n]
                     for t in range(t1 - 1, t0 - 1, -1):
                         i = t - t0
                         dt = dtbuf[i]
@@ -209,11 +286,12 @@ def _run_tiny(kernels: FusedKernels, dtype: type) -> None:
     ckpt = np.empty((1, 2, 1, n_state), dtype=dtype)
     out = np.empty(shape, dtype=dtype)
     last = np.empty((1, 2, n_state), dtype=dtype)
-    kernels.forward(u, delta, A, bmat, bmat, vec, z, vec, True, True, CHECKPOINT_STEPS, out, ckpt, last)
+    fast = dtype == np.float32
+    kernels.forward(u, delta, A, bmat, bmat, vec, z, vec, True, True, fast, CHECKPOINT_STEPS, out, ckpt, last)
     grads = [np.empty(shape, dtype=dtype) for _ in range(3)]
     parts = [np.zeros((1, 2, n_state), dtype=dtype), np.zeros((1, 2), dtype=dtype), np.zeros((1, 2), dtype=dtype)]
     bc_parts = [np.zeros((1, 2, 3, n_state), dtype=dtype) for _ in range(2)]
-    kernels.backward(u, delta, A, bmat, bmat, vec, z, vec, True, True, CHECKPOINT_STEPS, ckpt, out, 1,
+    kernels.backward(u, delta, A, bmat, bmat, vec, z, vec, True, True, fast, CHECKPOINT_STEPS, ckpt, out, 1,
                      *grads, *parts, *bc_parts)  # fmt: skip
 
 
@@ -272,6 +350,11 @@ def _block_size(batch: int, dim: int, b_groups: int, c_groups: int, num_threads:
     return block
 
 
+def _use_fast_exp(dtype: torch.dtype) -> bool:
+    """The polynomial exp for float32 (error ~1 ulp, vectorised); float64, the exact ground truth, keeps libm's."""
+    return dtype == torch.float32
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
@@ -307,7 +390,7 @@ class _FusedScanFn(torch.autograd.Function):
         out = torch.empty((batch, dim, length), dtype=dtype)
         last = torch.zeros((batch, dim, n_state), dtype=dtype)
         arrays = [_numpy(t) for t in (uf, deltaf, af, bf, cf, df, zf, biasf)]
-        kernels.forward(*arrays[:7], arrays[7], bool(delta_softplus), z is not None, CHECKPOINT_STEPS,
+        kernels.forward(*arrays[:7], arrays[7], bool(delta_softplus), z is not None, _use_fast_exp(dtype), CHECKPOINT_STEPS,
                         _numpy(out), _numpy(ckpt), _numpy(last))  # fmt: skip
         ctx.save_for_backward(uf, deltaf, af, bf, cf, df, zf, biasf, ckpt)
         ctx.meta = (delta_softplus, kernels, B.dim(), C.dim())
@@ -335,7 +418,8 @@ class _FusedScanFn(torch.autograd.Function):
         gout_f = gout.detach().to(dtype).contiguous()
         inputs = [_numpy(t) for t in (uf, deltaf, af, bf, cf, df, zf, biasf)]
         outputs = [_numpy(t) for t in (*grads, gz, ga_part, gd_part, gbias_part, gb_part, gc_part)]
-        kernels.backward(*inputs[:7], inputs[7], bool(delta_softplus), has_z, CHECKPOINT_STEPS, _numpy(ckpt),
+        kernels.backward(*inputs[:7], inputs[7], bool(delta_softplus), has_z, _use_fast_exp(dtype), CHECKPOINT_STEPS,
+                         _numpy(ckpt),
                          _numpy(gout_f), block, *outputs)  # fmt: skip
         full = (
             *grads,

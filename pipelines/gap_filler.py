@@ -136,7 +136,7 @@ class GapFiller:
         try:
             while not self._stop.wait(self._period_s / 2):
                 self._fill_due()
-        except BaseException as exc:  # noqa: BLE001 - worker-thread boundary: re-raised by the next write/close
+        except BaseException as exc:  # worker-thread boundary: re-raised by the next write/close
             logger.debug("gap filler failed: %s", exc, exc_info=True)
             with self._lock:
                 self._error = exc

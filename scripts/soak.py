@@ -167,6 +167,8 @@ def analyse(samples: list[Sample], args: argparse.Namespace, camera_fps: float) 
         (steady[-1].frames_out - steady[0].frames_out) / (steady[-1].t_s - steady[0].t_s) if len(steady) > 1 else 0.0
     )
     gpu = [s.gpu_mb for s in steady if s.gpu_mb is not None]
+    latencies = [s.latency_ms for s in with_latency]
+    latency_p95 = float(np.percentile(latencies, 95)) if latencies else None
     failures = []
     if len(steady) < 3:
         failures.append(f"only {len(steady)} samples after the warm-up: run longer or sample more often")
@@ -190,8 +192,7 @@ def analyse(samples: list[Sample], args: argparse.Namespace, camera_fps: float) 
         "gpu_mb_max": max(gpu) if gpu else None,
         "gpu_slope_mb_per_min": theil_sen_slope(minutes, gpu) if gpu and len(gpu) == len(steady) else None,
         "latency_ms_median": median_latency,
-        "latency_ms_p95_of_sample_medians": float(np.percentile([s.latency_ms for s in with_latency], 95))
-        if with_latency else None,  # fmt: skip
+        "latency_ms_p95_of_sample_medians": latency_p95,
         "latency_slope_ms_per_min": lat_slope,
         "latency_rise_ms": latency_rise,
         "output_fps": out_fps,

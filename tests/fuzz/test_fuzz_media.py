@@ -114,7 +114,7 @@ def test_full_decode_of_mutated_media_never_crashes_or_hangs(seeds: dict[str, by
         path = tmp_path / f"m{i:02d}_{name}"
         path.write_bytes(mutate(data, flips, keep))
         paths.append(str(path))
-    child = subprocess.run([sys.executable, "-c", DECODE_ALL], input="\n".join(paths), capture_output=True,
+    child = subprocess.run([sys.executable, "-c", DECODE_ALL], check=False, input="\n".join(paths), capture_output=True,
                            text=True, timeout=BATCH_TIMEOUT_S, cwd=REPO)  # fmt: skip
     records = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     started = [r["start"] for r in records if "start" in r]

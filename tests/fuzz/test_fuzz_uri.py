@@ -100,9 +100,9 @@ INTS = st.integers(min_value=-(2**40), max_value=2**40)
 def test_pipeline_config_accepts_only_sane_values(batch: int, depth: int, precision: str, scale: float | None,
                                                   policy: str, duration: float | None, max_frames: int | None,
                                                   wait: float | None) -> None:  # fmt: skip
-    kwargs = dict(batch=batch, queue_depth=depth, precision=precision, scale=1.0 if scale is None else scale,
-                  live_drop_policy=policy, max_duration_s=duration, max_frames=max_frames,
-                  batch_wait_s=0.002 if wait is None else wait)  # fmt: skip
+    kwargs = {"batch": batch, "queue_depth": depth, "precision": precision, "scale": 1.0 if scale is None else scale,
+              "live_drop_policy": policy, "max_duration_s": duration, "max_frames": max_frames,
+              "batch_wait_s": 0.002 if wait is None else wait}
     try:
         config = PipelineConfig(**kwargs)  # type: ignore[arg-type]
     except PipelineConfigError:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 import reliability_media as media
 
 STREAM_TESTS = Path(__file__).resolve().parents[1] / "stream"

@@ -199,14 +199,14 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 300 KiB tmpfs (needs root and mount permission; skipped otherwise, the simulated test still runs)."""
     folder = tmp_path / "tiny_disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], check=False,
                              capture_output=True, timeout=30)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield folder
     finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True, timeout=30)
 
 
 @pytest.mark.slow

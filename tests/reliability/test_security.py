@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import select
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_metrics_bind_to_loopback_unless_told() -> None:
         server.close()
 
 
-def _start_camera_job(url: str, tmp_path: Path, *extra: str):  # noqa: ANN202 - a Popen
+def _start_camera_job(url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     return media.cli_process("-vv", "dehaze", url, "-o", str(tmp_path / "out.mp4"), "--model", "dcp",
                              "--stats", str(tmp_path / "stats.json"), "--density-log", str(tmp_path / "d.jsonl"),
                              "--metrics-port", "0", *extra)  # fmt: skip

@@ -202,6 +202,7 @@ def test_bad_weights_refused_and_never_executed(case: str, tmp_path: Path, good_
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_good_tiny_bundle_is_accepted(tmp_path: Path, good_mp4: Path, tiny_bundle: Path) -> None:
     """The control for the weights cases above: the unmodified bundle runs."""
     out = tmp_path / "o.mp4"

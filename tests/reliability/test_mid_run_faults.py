@@ -337,3 +337,56 @@ def test_cli_camera_restart_output_has_no_gap(tmp_path: Path, rtsp_camera) -> No
     # the 3-4 s outage left no hole; longer steps only where the live policy dropped a frame under load
     assert steps.min() > 0 and steps.max() <= MAX_DROP_STEP_S, steps.max()
     assert int(np.sum(steps > PERIOD_S + MKV_TICK_S)) <= stats["frames_dropped"]
+
+
+class _FlakyTarget:
+    """Fake publish sinks: the n-th opened one fails on its ``fail_after``-th write; opens can be refused."""
+
+    def __init__(self, fail_after: int) -> None:
+        self.fail_after, self.opened, self.refuse, self.written = fail_after, 0, False, 0
+
+    def open(self) -> Any:
+        if self.refuse:
+            raise SinkOpenError("connection refused")
+        self.opened += 1
+        target = self
+
+        class _Sink:
+            writes = 0
+
+            def write(self, frame: Frame) -> None:
+                self.writes += 1
+                if self.writes > target.fail_after:
+                    raise EncodeError("writing rtsp://pub:***@h/x failed: Broken pipe")
+                target.written += 1
+
+            def close(self) -> None:
+                raise EncodeError("finishing failed")  # a broken output may fail to close too
+
+        return _Sink()
+
+
+def test_republish_backoff_and_give_up_with_a_fake_clock() -> None:
+    now = [0.0]
+    target = _FlakyTarget(fail_after=3)
+    frame = Frame(np.zeros((2, 2, 3), np.uint8), 0, Fraction(1, 25), 0)
+    policy = ReconnectPolicy(initial_s=1.0, cap_s=4.0, jitter=0.0, max_attempts=3)
+    sink = RepublishingSink(target.open, policy, clock=lambda: now[0])
+    for _ in range(4):
+        sink.write(frame)  # the 4th write breaks the output
+    assert not sink.is_up and sink.dropped == 1 and sink.failures == 1
+    sink.write(frame)  # before the 1 s backoff: dropped, no reopen
+    assert target.opened == 1 and sink.dropped == 2
+    now[0] = 1.0
+    sink.write(frame)  # reopened and written
+    assert sink.is_up and sink.republished == 1 and target.opened == 2 and target.written == 4
+    for _ in range(3):
+        sink.write(frame)  # breaks again on the 4th write of this output
+    target.refuse = True
+    now[0] = 3.0
+    sink.write(frame)  # attempt 2 refused
+    now[0] = 10.0
+    sink.write(frame)  # attempt 3 refused
+    now[0] = 20.0
+    with pytest.raises(EncodeError, match="still gone after 3 attempts"):
+        sink.write(frame)

@@ -714,5 +714,61 @@ def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: 
         _write_json(json_path, results)
 
 
+
+@bench.command("realtime")
+@click.option("--variants", default="dcp,cliphaze-t", show_default=True,
+              help="dcp, none and CLIPHaze variants (random weights: speed only).")  # fmt: skip
+@click.option("--resolutions", default="720p,1080p,4k", show_default=True)
+@click.option("--scales", default="1,0.5,0.25", show_default=True, help="Network scales (CLIPHaze only).")
+@click.option("--frames", type=click.IntRange(1, None), default=4, show_default=True, help="Frames timed per cell.")
+@click.option("--max-frame-s", type=float, default=4.0, show_default=True,
+              help="Skip cells whose estimated seconds per frame exceed this (keeps a CPU run to minutes).")  # fmt: skip
+@click.option("--guidance-every", type=click.IntRange(1, None), default=8, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--compile", "compile_mode", type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+              default="off", show_default=True)  # fmt: skip
+@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True)
+@click.option("--streams", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Concurrent end-to-end runs sharing one dehazer.")  # fmt: skip
+@click.option("--no-e2e", is_flag=True, help="Model-only numbers (skip the engine runs).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
+              help="torch CPU threads (0 = half the cores, as dehaze).")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the rows.")
+@_verbosity_options
+def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, max_frame_s: float,
+                   guidance_every: int, precision: str, compile_mode: str, batch: int, streams: int, no_e2e: bool,
+                   device: str, threads: int, json_path: Path | None) -> None:  # fmt: skip
+    """Variant x resolution x scale: model-only fps, end-to-end fps, latency p50/p95, guidance share."""
+    import torch
+
+    from pipelines.dehazers import resolve_device
+    from pipelines.realtime_bench import RESOLUTIONS, RealtimeBenchConfig, run_realtime_benchmark
+
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // 2))
+    names = tuple(r for r in resolutions.lower().split(",") if r)
+    unknown = [r for r in names if r not in RESOLUTIONS]
+    if unknown:
+        raise BadInput(f"unknown resolution(s) {', '.join(unknown)}; choose from {', '.join(RESOLUTIONS)}")
+    try:
+        scale_values = tuple(float(s) for s in scales.split(",") if s)
+    except ValueError as exc:
+        raise BadInput(f"--scales must be numbers, got {scales!r}") from exc
+    if not all(0.0 < s <= 1.0 for s in scale_values):
+        raise BadInput(f"scales must be in (0, 1], got {scales}")
+    config = RealtimeBenchConfig(variants=tuple(v for v in variants.split(",") if v), resolutions=names,
+                                 scales=scale_values, frames=frames, guidance_every=guidance_every,
+                                 max_frame_s=max_frame_s, precision=precision, compile_mode=compile_mode,
+                                 batch=batch, streams=streams, end_to_end=not no_e2e)  # fmt: skip
+    click.echo(f"device {resolved}, torch threads {torch.get_num_threads()}; CLIPHaze weights are random (speed only)")
+    results = run_realtime_benchmark(config, device=str(resolved), report=click.echo)
+    skipped = sum(1 for row in results["rows"] if "skipped" in row)
+    if skipped:
+        click.echo(f"{skipped} cell(s) skipped: estimated over --max-frame-s {max_frame_s:g} s per frame")
+    if json_path is not None:
+        _write_json(json_path, results)
+
 if __name__ == "__main__":
     main()

@@ -647,11 +647,18 @@ def probe(app: AppContext, source: str, device: str, codec: str, rtsp_user: str 
 def models() -> None:
     """List the CLIPHaze variants (params, GMACs) and the baselines."""
     from cliphaze.complexity import format_model_table
-    from pipelines.dehazers import default_weights
+    from pipelines.dehazers import SHIPPED_BUNDLE_IS_DEFAULT, default_weights
 
     click.echo(format_model_table())
     bundled = default_weights()
-    click.echo(f"trained default: {bundled.name if bundled else 'not installed (auto uses dcp)'}")
+    if bundled is None:
+        click.echo("trained default: not installed (auto uses dcp)")
+    elif SHIPPED_BUNDLE_IS_DEFAULT:
+        click.echo(f"trained default: {bundled.name} (auto uses it)")
+    else:
+        click.echo(
+            f"shipped preview: {bundled.name} (opt-in with --model cliphaze; auto uses dcp, see docs/model-card.md)"
+        )
     click.echo("baselines: dcp (dark channel prior, real time on a CPU), none (passthrough)")
 
 

@@ -1,8 +1,10 @@
 """Choosing a dehazer and a device by name: what the CLI and the benchmarks share.
 
 ``auto`` means the trained default CLIPHaze bundle when it is installed (``cliphaze/weights/
-cliphaze-t.safetensors``, found with importlib.resources) and ``dcp`` otherwise. Randomly initialised
-networks are never a default: ``cliphaze`` without weights is an error.
+cliphaze-t.safetensors``, found with importlib.resources) AND released as the default
+(``SHIPPED_BUNDLE_IS_DEFAULT``), and ``dcp`` otherwise. ``--model cliphaze`` without ``--weights`` uses the
+shipped bundle. Randomly initialised networks are never a default: ``cliphaze`` without weights is an
+error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_CHOICES = ("auto", "cliphaze", "dcp", "none")
 DEFAULT_BUNDLE = "cliphaze-t.safetensors"  # trained default shipped under cliphaze/weights/
+# The shipped cliphaze-t is a CPU-trained preview: on the held-out content it gains 2.9-7.1 dB over the
+# hazy input but stays 2.1-2.9 dB below dcp (docs/model-card.md), and it runs at seconds per frame on a
+# CPU. Until a bundle beats dcp, ``auto`` keeps dcp; flip this when the shipped bundle is retrained.
+SHIPPED_BUNDLE_IS_DEFAULT = False
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -65,8 +71,12 @@ def choose_dehazer(model: str, weights: Path | None) -> DehazerChoice:
             raise DehazerChoiceError("no trained CLIPHaze weights are installed; pass --weights BUNDLE")
         return DehazerChoice("cliphaze", bundled, f"model: cliphaze (bundled {bundled.name})")
     if model == "auto":
-        if bundled is not None:
+        if bundled is not None and SHIPPED_BUNDLE_IS_DEFAULT:
             return DehazerChoice("cliphaze", bundled, f"model: cliphaze (bundled {bundled.name})")
+        if bundled is not None:
+            return DehazerChoice(
+                "dcp", None, "using the dcp dehazer (the shipped CLIPHaze preview is opt-in: --model cliphaze)"
+            )
         return DehazerChoice("dcp", None, "no trained CLIPHaze weights installed yet: using the dcp dehazer")
     return DehazerChoice(model, None, f"model: {model}")
 

@@ -111,14 +111,24 @@ def test_dehaze_keeps_audio(tmp_path: Path, bunny: Path) -> None:
     assert in_audio > 0 and out_audio == in_audio
 
 
-def test_default_model_is_dcp_until_trained_weights_exist(tmp_path: Path, bikes: Path) -> None:
-    from pipelines.dehazers import default_weights
+def test_default_model_is_dcp_until_a_released_bundle_exists(tmp_path: Path, bikes: Path) -> None:
+    from pipelines.dehazers import SHIPPED_BUNDLE_IS_DEFAULT, default_weights
 
-    if default_weights() is not None:
-        pytest.skip("trained default weights are installed")
+    if default_weights() is not None and SHIPPED_BUNDLE_IS_DEFAULT:
+        pytest.skip("a released trained default is installed")
     code, _, err = cli("dehaze", str(bikes), "-o", str(tmp_path / "o.mp4"), "--max-frames", "3")
     assert code == 0
     assert err.count("using the dcp dehazer") == 1
+
+
+def test_model_cliphaze_uses_the_shipped_bundle() -> None:
+    from pipelines.dehazers import choose_dehazer, default_weights
+
+    bundled = default_weights()
+    if bundled is None:
+        pytest.skip("no shipped bundle in this installation")
+    choice = choose_dehazer("cliphaze", None)
+    assert (choice.model, choice.weights) == ("cliphaze", bundled)
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def _hook_ranges(net: nn.Module) -> list[Any]:
 @contextlib.contextmanager
 def _wrapped_ss2d_ops() -> Iterator[None]:
     """Ranges around the scan kernel and the cross-scan/merge, inside SS2D's module namespace."""
-    import cliphaze.layers.ss2d as ss2d
+    from cliphaze.layers import ss2d
 
     def ranged(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -170,8 +170,9 @@ def profile_pipeline(dehazer: Any, clip: str, frames: int, scale: float, size: t
                                                             EncoderConfig()) as sink:  # fmt: skip
             stats = run(source, sink, dehazer, config)
         wall = time.perf_counter() - started
-    lines = [f"pipeline {size[0]}x{size[1]} scale {scale:g}: {stats.frames_out} frames, {stats.fps:.2f} fps, "
-             f"latency p50 {stats.latency_ms_p50:.0f} ms p95 {stats.latency_ms_p95:.0f} ms, wall {wall:.1f} s"]  # fmt: skip
+    head = (f"pipeline {size[0]}x{size[1]} scale {scale:g}: {stats.frames_out} frames, {stats.fps:.2f} fps, "
+            f"latency p50 {stats.latency_ms_p50:.0f} ms p95 {stats.latency_ms_p95:.0f} ms, wall {wall:.1f} s")  # fmt: skip
+    lines = [head]
     for name, busy in sorted(stats.extra.items()):
         lines.append(f"  {name:<24} {busy:8.2f} s  ({100 * busy / stats.wall_s:5.1f}% of run wall time)")
     return "\n".join(lines)

@@ -142,6 +142,11 @@ def frame_times(path: Path) -> list[float]:
 
 
 def cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``python -m cli ARGS`` in the repository root."""
+    """``python -m cli ARGS`` in the repository root.
+
+    The pipes are unbuffered (``bufsize=0``) so ``select`` on them is truthful: with a buffered reader, one
+    ``readline`` can pull several lines into Python's buffer and the next ``select`` then waits for output
+    that already arrived (the test then acted seconds late, after the run had finished).
+    """
     return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
+                            bufsize=0, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip

@@ -330,7 +330,7 @@ def test_cli_camera_restart_output_has_no_gap(tmp_path: Path, rtsp_camera) -> No
     text = "".join(log) + err.decode()
     assert proc.returncode == 0, text
     stats = json.loads(stats_path.read_text())
-    assert stats["reconnects"] >= 1 and "repeating the last frame" in text
+    assert stats["reconnects"] >= 1 and "repeating the last frame" in text, text
     times = media.frame_times(out)
     assert len(times) > stats["frames_out"] + FPS  # at least a second of repeated frames
     steps = np.diff(times)

@@ -11,17 +11,15 @@ import contextlib
 import importlib
 import importlib.resources
 import importlib.util
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
@@ -32,16 +30,17 @@ EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 EXIT_HARD_STOP = 130  # second signal: leave at once
 CRF_MIN, CRF_MAX = 1, 51  # x264/x265 constant-rate factor; 0 (lossless) needs High 4:4:4, the sink encodes High
-STATUS_EVERY_S = 10.0  # live sources: seconds between status log lines
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEMO_OUTPUT = "cliphaze_demo.mp4"
 SAMPLE_CLIP = "sample_hazy.mp4"
 RTSP_SCHEMES = ("rtsp", "rtsps")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+JOB_LOGGER = "pipelines.job"  # its lines are user-facing notes too
 # Lazily registered commands from other packages: name -> (module, attribute).
 # Commands defined in other packages, imported only when invoked: CLI name -> module. The module's
 # click command whose ``name`` is the CLI name is used (so its Python attribute name does not matter).
 LAZY_COMMANDS = {
+    "bench": "pipelines.bench_commands",
     "train": "cliphaze.train.commands",
     "train-prompts": "cliphaze.train.commands",
     "eval": "cliphaze.train.commands",
@@ -144,8 +143,10 @@ def _configure_logging(verbosity: int) -> None:
         handler._cliphaze = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
-    # The user-facing notes of this command are INFO-level and shown at normal verbosity.
-    logger.setLevel(level if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.ERROR)
+    # The user-facing notes of this command and of the job it runs are INFO-level, shown at normal verbosity.
+    notes_level = level if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.ERROR
+    for name in (logger.name, JOB_LOGGER):
+        logging.getLogger(name).setLevel(notes_level)
 
 
 def _verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -311,130 +312,9 @@ def _signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-class _Progress:
-    """tqdm bar for files on a terminal, periodic log lines for live sources, silence otherwise."""
-
-    def __init__(self, total: int | None, *, use_bar: bool, live: bool) -> None:
-        self._bar: Any = None
-        self._live = live
-        self._last_status = time.perf_counter()
-        if use_bar:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, leave=False)
-
-    def update(self, event: Any) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix(fps=f"{event.fps:.1f}", drops=event.frames_dropped, refresh=False)
-        elif self._live and time.perf_counter() - self._last_status >= STATUS_EVERY_S:
-            self._last_status = time.perf_counter()
-            logger.info(
-                "status: %d frames out, %.1f fps, %.0f ms latency, %d dropped",
-                event.frames_out, event.fps, event.latency_ms, event.frames_dropped,
-            )  # fmt: skip
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-@dataclass(frozen=True)
-class DehazeJob:
-    """Everything ``dehaze`` and ``demo`` need to run one source into one sink."""
-
-    source: str
-    output: str
-    output_format: str | None
-    pipeline: Any  # PipelineConfig
-    encoder: Any  # EncoderConfig
-    stats_path: Path | None
-    metrics_port: int | None
-    metrics_addr: str
-    density_log: Path | None
-    fill_gaps: bool = True  # live sources: repeat the last frame while the camera is away (output keeps its timing)
-
-
 def _handle_signals(stop: threading.Event) -> None:
     """Install the SIGINT/SIGTERM handlers for the rest of the command (first signal sets ``stop``)."""
     click.get_current_context().with_resource(_signals(stop))
-
-
-def _run_job(job: DehazeJob, plan: DehazerPlan, stop: threading.Event) -> tuple[Any, Any]:
-    """Open source and sink, build the dehazer, run, finalize. Returns (RunStats, dehazer).
-
-    ``stop`` is set by the signal handlers (installed by the command before anything heavy loads): a signal
-    at any moment lets the run drain, finalizes the output and exits 0.
-    """
-    import dataclasses
-
-    from pipelines.gap_filler import GapFiller
-    from pipelines.metrics import MetricsServer
-    from pipelines.runner import run
-    from stream.republish import PUBLISH_KINDS, RepublishingSink
-    from stream.sink import open_sink
-    from stream.source import SourceOptions, open_source
-    from stream.uri import parse_sink, redact
-
-    with contextlib.ExitStack() as stack:
-        source = stack.enter_context(open_source(job.source, SourceOptions()))
-        info = source.info
-        out_info = dataclasses.replace(info, width=info.width * 2) if job.pipeline.side_by_side else info
-        dehazer = plan.create()  # before the sink: a model that fails to load leaves no empty output behind
-        sink_spec = parse_sink(job.output, job.output_format)
-
-        def open_output() -> Any:
-            return open_sink(sink_spec, out_info, job.encoder, audio_from=info)
-
-        # a publish target that goes away (server restart) is reopened with backoff instead of ending the run
-        sink = RepublishingSink(open_output) if sink_spec.kind in PUBLISH_KINDS else open_output()
-        if info.is_live and job.fill_gaps:
-            sink = GapFiller(sink, out_info)  # closes the wrapped sink too
-        stack.callback(sink.close)  # flush + trailer + rename, also after an error
-        logger.info("%s", plan.choice.note)  # after the output opened: a bad output stays one error line
-        to_stdout = job.output == "-"
-        total = job.pipeline.max_frames or info.frame_count
-        progress = _Progress(total, use_bar=sys.stderr.isatty() and not to_stdout and not info.is_live,
-                             live=info.is_live)  # fmt: skip
-        stack.callback(progress.close)
-        callbacks: list[Callable[[Any], None]] = [progress.update]
-        if job.metrics_port is not None:
-            metrics = MetricsServer(job.metrics_port, job.metrics_addr, reconnects=lambda: source.stats.reconnects)
-            stack.callback(metrics.close)
-            callbacks.append(metrics.update)
-        if job.density_log is not None:
-            job.density_log.parent.mkdir(parents=True, exist_ok=True)
-            density_file: TextIO = stack.enter_context(job.density_log.open("w"))
-
-            def log_density(event: Any) -> None:
-                if event.density is not None:
-                    record = {"pts": event.pts, "time_s": event.time_s, "density": round(event.density, 6)}
-                    density_file.write(json.dumps(record) + "\n")
-
-            callbacks.append(log_density)
-
-        def on_frame(event: Any) -> None:
-            for callback in callbacks:
-                callback(event)
-
-        logger.info("dehazing %s -> %s (%dx%d, %s)", redact(job.source), redact(job.output), info.width,
-                    info.height, dehazer.name)  # fmt: skip
-        stats = run(source, sink, dehazer, job.pipeline, stop_event=stop, on_frame=on_frame, on_end=sink.write_end)
-    if job.stats_path is not None:
-        _write_json(job.stats_path, stats.to_dict())
-    logger.info(
-        "%d frames in %.1f s (%.1f fps, latency p50 %.0f ms, p95 %.0f ms, %d dropped)%s",
-        stats.frames_out, stats.wall_s, stats.fps, stats.latency_ms_p50, stats.latency_ms_p95, stats.frames_dropped,
-        " (stopped early)" if stats.stopped_early else "",
-    )  # fmt: skip
-    if stats.corrupt_packets:
-        logger.warning("%d corrupt video packets were skipped", stats.corrupt_packets)
-    return stats, dehazer
 
 
 # --- dehaze -----------------------------------------------------------------------------------------------
@@ -497,9 +377,11 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
         want_density=density_log is not None or metrics_port is not None,
     )
     encoder = _encoder_config(codec, crf, preset, gop_s)
+    from pipelines.job import DehazeJob, run_job
+
     job = DehazeJob(source, output or _default_output(source), output_format, pipeline, encoder, stats_path,
                     metrics_port, metrics_addr, density_log, fill_gaps)  # fmt: skip
-    _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads, compile_mode), stop)
+    run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads, compile_mode), stop)
 
 
 def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:
@@ -527,6 +409,7 @@ def demo(app: AppContext, output: str, model: str, weights: Path | None, device:
     stop = threading.Event()
     _handle_signals(stop)
     from pipelines.config import PipelineConfig
+    from pipelines.job import DehazeJob, run_job
     from stream.encoder import EncoderConfig
 
     with importlib.resources.as_file(importlib.resources.files("cliphaze") / "assets" / SAMPLE_CLIP) as sample:
@@ -534,7 +417,7 @@ def demo(app: AppContext, output: str, model: str, weights: Path | None, device:
             raise RuntimeFailure(f"the bundled sample clip {SAMPLE_CLIP} is missing from this installation")
         job = DehazeJob(str(sample), output, None, PipelineConfig(device=device, precision=precision,
                         side_by_side=True), EncoderConfig(), None, None, "127.0.0.1", None)  # fmt: skip
-        stats, dehazer = _run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads), stop)
+        stats, dehazer = run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads), stop)
     click.echo(f"wrote {output}: {stats.frames_out} frames, hazy | dehazed ({dehazer.name}, {stats.fps:.1f} fps)")
 
 
@@ -660,122 +543,6 @@ def models() -> None:
             f"shipped preview: {bundled.name} (opt-in with --model cliphaze; auto uses dcp, see docs/model-card.md)"
         )
     click.echo("baselines: dcp (dark channel prior, real time on a CPU), none (passthrough)")
-
-
-# --- bench ------------------------------------------------------------------------------------------------
-
-
-@main.group()
-def bench() -> None:
-    """Benchmarks that print numbers (scan kernels, video I/O, the whole pipeline)."""
-
-
-@bench.command("scan")
-@_verbosity_options
-def bench_scan() -> None:
-    """Selective-scan backends: forward and forward+backward time."""
-    from cliphaze.ops.bench import ScanBenchConfig, format_scan_report, run_scan_benchmark
-
-    config = ScanBenchConfig()
-    click.echo(format_scan_report(config, run_scan_benchmark(config)))
-
-
-@bench.command("io")
-@_verbosity_options
-def bench_io() -> None:
-    """Decode and encode throughput of the stream package."""
-    from stream.bench import run_io_benchmark
-
-    click.echo(json.dumps(run_io_benchmark(), indent=2, sort_keys=True, default=str))
-
-
-@bench.command("pipeline")
-@click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of the benchmark clip.")
-@click.option("--variants", default="cliphaze-tiny,cliphaze-t", show_default=True,
-              help="CLIPHaze variants for (b) and (c), random weights (speed only); empty to skip.")  # fmt: skip
-@click.option("--frames", type=int, default=50, show_default=True, help="Frames timed for none and dcp.")
-@click.option("--cliphaze-frames", type=int, default=8, show_default=True, help="Frames timed for CLIPHaze.")
-@click.option("--cliphaze-scale", type=float, default=1.0, show_default=True,
-              help="Network resolution factor for CLIPHaze variants (0.25: feasible on a CPU).")  # fmt: skip
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
-              help="torch CPU threads (0 = half the cores, as dehaze).")  # fmt: skip
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the numbers.")
-@_verbosity_options
-def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: int, cliphaze_scale: float,
-                   device: str, threads: int, json_path: Path | None) -> None:  # fmt: skip
-    """(a) I/O overhead vs ffmpeg, (b) model vs pipeline fps, (c) guidance every 1 vs 8, (d) dcp fps."""
-    import torch
-
-    from pipelines.bench import PipelineBenchConfig, run_pipeline_benchmark
-    from pipelines.dehazers import resolve_device
-
-    resolved = resolve_device(device)
-    if resolved.type == "cpu":
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // 2))
-    config = PipelineBenchConfig(seconds=seconds, variants=tuple(v for v in variants.split(",") if v),
-                                 model_frames=frames, cliphaze_frames=cliphaze_frames,
-                                 cliphaze_scale=cliphaze_scale)  # fmt: skip
-    results = run_pipeline_benchmark(config, report=click.echo, device=str(resolved))
-    if json_path is not None:
-        _write_json(json_path, results)
-
-
-
-@bench.command("realtime")
-@click.option("--variants", default="dcp,cliphaze-t", show_default=True,
-              help="dcp, none and CLIPHaze variants (random weights: speed only).")  # fmt: skip
-@click.option("--resolutions", default="720p,1080p,4k", show_default=True)
-@click.option("--scales", default="1,0.5,0.25", show_default=True, help="Network scales (CLIPHaze only).")
-@click.option("--frames", type=click.IntRange(1, None), default=4, show_default=True, help="Frames timed per cell.")
-@click.option("--max-frame-s", type=float, default=4.0, show_default=True,
-              help="Skip cells whose estimated seconds per frame exceed this (keeps a CPU run to minutes).")  # fmt: skip
-@click.option("--guidance-every", type=click.IntRange(1, None), default=8, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--compile", "compile_mode", type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
-              default="off", show_default=True)  # fmt: skip
-@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True)
-@click.option("--streams", type=click.IntRange(1, None), default=1, show_default=True,
-              help="Concurrent end-to-end runs sharing one dehazer.")  # fmt: skip
-@click.option("--no-e2e", is_flag=True, help="Model-only numbers (skip the engine runs).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
-              help="torch CPU threads (0 = half the cores, as dehaze).")  # fmt: skip
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the rows.")
-@_verbosity_options
-def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, max_frame_s: float,
-                   guidance_every: int, precision: str, compile_mode: str, batch: int, streams: int, no_e2e: bool,
-                   device: str, threads: int, json_path: Path | None) -> None:  # fmt: skip
-    """Variant x resolution x scale: model-only fps, end-to-end fps, latency p50/p95, guidance share."""
-    import torch
-
-    from pipelines.dehazers import resolve_device
-    from pipelines.realtime_bench import RESOLUTIONS, RealtimeBenchConfig, run_realtime_benchmark
-
-    resolved = resolve_device(device)
-    if resolved.type == "cpu":
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // 2))
-    names = tuple(r for r in resolutions.lower().split(",") if r)
-    unknown = [r for r in names if r not in RESOLUTIONS]
-    if unknown:
-        raise BadInput(f"unknown resolution(s) {', '.join(unknown)}; choose from {', '.join(RESOLUTIONS)}")
-    try:
-        scale_values = tuple(float(s) for s in scales.split(",") if s)
-    except ValueError as exc:
-        raise BadInput(f"--scales must be numbers, got {scales!r}") from exc
-    if not all(0.0 < s <= 1.0 for s in scale_values):
-        raise BadInput(f"scales must be in (0, 1], got {scales}")
-    config = RealtimeBenchConfig(variants=tuple(v for v in variants.split(",") if v), resolutions=names,
-                                 scales=scale_values, frames=frames, guidance_every=guidance_every,
-                                 max_frame_s=max_frame_s, precision=precision, compile_mode=compile_mode,
-                                 batch=batch, streams=streams, end_to_end=not no_e2e)  # fmt: skip
-    click.echo(f"device {resolved}, torch threads {torch.get_num_threads()}; CLIPHaze weights are random (speed only)")
-    results = run_realtime_benchmark(config, device=str(resolved), report=click.echo)
-    skipped = sum(1 for row in results["rows"] if "skipped" in row)
-    if skipped:
-        click.echo(f"{skipped} cell(s) skipped: estimated over --max-frame-s {max_frame_s:g} s per frame")
-    if json_path is not None:
-        _write_json(json_path, results)
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend and pass")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--cold", action="store_true", help="use an empty numba cache to time a real compile")
+    parser.add_argument("--reference-backward", action="store_true",
+                        help="also time the reference's forward+backward (autograd through L steps: minutes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cold:
@@ -34,7 +36,8 @@ def main() -> None:
     if args.device == "cpu":
         print(f"cpu_fused first call (numba import + {'compile' if args.cold else 'compile or cache load'}): "
               f"{compile_time_s():.2f} s (wall {time.perf_counter() - started:.2f} s)")
-    config = ScanBenchConfig(height=args.size, width=args.size, repeats=args.repeats, device=args.device)
+    config = ScanBenchConfig(height=args.size, width=args.size, repeats=args.repeats, device=args.device,
+                             reference_backward=args.reference_backward)
     print(format_scan_report(config, run_scan_benchmark(config, args.backends)))
 
 

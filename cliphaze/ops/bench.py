@@ -39,6 +39,7 @@ class ScanBenchConfig:
     repeats: int = 3  # timed calls per backend and pass (the median is reported)
     device: str = "cpu"  # torch device of the tensors
     seed: int = 0  # RNG seed of the random inputs
+    reference_backward: bool = False  # also time reference fwd+bwd (autograd through L steps: many minutes on a CPU)
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class ScanBenchResult:
 
     backend: str  # backend name ("auto" results are reported under the name it resolved to, plus "auto")
     forward_ms: float  # median ms per forward call
-    forward_backward_ms: float  # median ms per forward + backward call
+    forward_backward_ms: float | None  # median ms per forward + backward call; None when not timed
     forward_ratio: float | None  # reference forward ms / forward_ms; None without a reference timing
     forward_backward_ratio: float | None  # reference fwd+bwd ms / forward_backward_ms
-    backward_over_forward: float  # (forward_backward_ms - forward_ms) / forward_ms
+    backward_over_forward: float | None  # (forward_backward_ms - forward_ms) / forward_ms
 
 
 def _inputs(config: ScanBenchConfig) -> dict[str, torch.Tensor]:
@@ -114,7 +115,7 @@ def run_scan_benchmark(
             delta_bias=tensors["delta_bias"], delta_softplus=True, backend=name,
         )  # fmt: skip
 
-    timings: dict[str, tuple[float, float]] = {}
+    timings: dict[str, tuple[float, float | None]] = {}
     for name in backends:
         resolve_backend(name, config.device)  # raises BackendUnavailable with the install hint
 
@@ -129,11 +130,12 @@ def run_scan_benchmark(
         if name not in NO_WARMUP:
             forward()
             forward_backward()
+        with_backward = name != "reference" or config.reference_backward
         timings[name] = (
             _median_ms(forward, config.repeats, config.device),
-            _median_ms(forward_backward, config.repeats, config.device),
+            _median_ms(forward_backward, config.repeats, config.device) if with_backward else None,
         )
-        logger.info("scan bench %s: forward %.1f ms, forward+backward %.1f ms", name, *timings[name])
+        logger.info("scan bench %s: forward %.1f ms, forward+backward %s ms", name, timings[name][0], timings[name][1])
     ref = timings.get("reference")
     results = []
     for name, (fwd, fwd_bwd) in timings.items():
@@ -144,8 +146,8 @@ def run_scan_benchmark(
                 forward_ms=fwd,
                 forward_backward_ms=fwd_bwd,
                 forward_ratio=None if ref is None else ref[0] / fwd,
-                forward_backward_ratio=None if ref is None else ref[1] / fwd_bwd,
-                backward_over_forward=(fwd_bwd - fwd) / fwd,
+                forward_backward_ratio=None if ref is None or ref[1] is None or fwd_bwd is None else ref[1] / fwd_bwd,
+                backward_over_forward=None if fwd_bwd is None else (fwd_bwd - fwd) / fwd,
             )
         )
     return results
@@ -163,8 +165,7 @@ def format_scan_report(config: ScanBenchConfig, results: Sequence[ScanBenchResul
     for r in results:
         fr = "-" if r.forward_ratio is None else f"{r.forward_ratio:.1f}"
         fbr = "-" if r.forward_backward_ratio is None else f"{r.forward_backward_ratio:.1f}"
-        lines.append(
-            f"{r.backend:<20}{r.forward_ms:>10.1f}{r.forward_backward_ms:>12.1f}{fr:>11}{fbr:>11}"
-            f"{r.backward_over_forward:>9.2f}"
-        )
+        fb = "-" if r.forward_backward_ms is None else f"{r.forward_backward_ms:.1f}"
+        bf = "-" if r.backward_over_forward is None else f"{r.backward_over_forward:.2f}"
+        lines.append(f"{r.backend:<20}{r.forward_ms:>10.1f}{fb:>12}{fr:>11}{fbr:>11}{bf:>9}")
     return "\n".join(lines)

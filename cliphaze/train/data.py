@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cliphaze.evaluate import read_rgb_image
 from cliphaze.train.layouts import ImagePair
-from cliphaze.train.synthetic import HazeConfig, HazeKind, synthesize_haze
+from cliphaze.train.synthetic import HazeConfig, HazeKind, apply_scattering, synthesize_haze
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +159,42 @@ class PairedImageDataset(Dataset):
         return {"hazy": hazy, "clear": clear}
 
 
+# Short side (px) of the copy of the whole image on which the haze fields are drawn (see
+# SyntheticHazeDataset): the fields are smooth, so this costs little and changes nothing visible.
+HAZE_FIELD_SIDE_PX = 160
+
+
+def haze_fields_at_image_scale(
+    clear: torch.Tensor, generator: torch.Generator, config: HazeConfig, *, kind: HazeKind | None, field_side_px: int
+) -> tuple[torch.Tensor, torch.Tensor, HazeKind]:
+    """Transmission of the whole image (1, H, W), airlight (3,) and kind, drawn on a downscaled copy.
+
+    The depth proxy, the non-homogeneous field and the brightness blur are all smooth at the scale of
+    the image, so they are drawn on an area-downscaled copy (short side ``field_side_px``) and the
+    transmission is upsampled bilinearly; a crop of the result then has the haze statistics of a crop
+    of a hazy photo, which is what inference sees, not those of a whole small photo.
+    """
+    h, w = clear.shape[-2:]
+    scale = min(1.0, field_side_px / min(h, w))
+    small = clear
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        small = F.interpolate(clear[None], size=size, mode="area")[0]
+    sample = synthesize_haze(small, generator, config, kind=kind)
+    t = sample.transmission
+    if t.shape[-2:] != (h, w):
+        t = F.interpolate(t[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return t.clamp(config.t_min, 1.0), sample.airlight, sample.kind
+
+
 class SyntheticHazeDataset(Dataset):
     """Clean images (stills or video frames) hazed on the fly, indexed by global sample position.
 
     Items: ``{"hazy": (3, c, c), "clear": (3, c, c), "transmission": (1, c, c), "airlight": (3,),
-    "homogeneous": bool tensor}``; the crop is taken from the clean image first, then hazed.
+    "homogeneous": bool tensor}``. By default the haze is drawn at the scale of the whole image (its
+    transmission field on a small copy, :func:`haze_fields_at_image_scale`), then the crop is taken and
+    hazed with the scattering model, so a crop carries the slowly varying haze of a full frame.
+    ``field_side_px=None`` instead hazes the crop as if it were a whole photo.
     """
 
     def __init__(
@@ -174,6 +205,7 @@ class SyntheticHazeDataset(Dataset):
         *,
         seed: int,
         kind: HazeKind | None = None,
+        field_side_px: int | None = HAZE_FIELD_SIDE_PX,
     ) -> None:
         """Args:
         images: RGB uint8 (H, W, 3) clean images, kept in memory.
@@ -181,12 +213,16 @@ class SyntheticHazeDataset(Dataset):
         haze_config: synthetic-haze ranges.
         seed: seeds the item order, the crops and the haze.
         kind: force one haze kind (default: drawn per sample from ``haze_config.kinds``).
+        field_side_px: short side of the copy the haze fields are drawn on (None: haze the crop itself).
         """
+        if field_side_px is not None and field_side_px < 8:
+            raise DataError(f"field_side_px must be >= 8 or None, got {field_side_px}")
         self.images = [to_rgb_uint8(im) for im in images]
         self.augment_config = augment_config
         self.haze_config = haze_config
         self.seed = seed
         self.kind = kind
+        self.field_side_px = field_side_px
         self._order = EpochPermutation(len(self.images), seed)
 
     def __len__(self) -> int:
@@ -195,12 +231,20 @@ class SyntheticHazeDataset(Dataset):
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         clear = ensure_min_size(image_to_tensor(self.images[self._order(position)]), self.augment_config.crop_px)
         generator = sample_generator(self.seed, position)
-        (clear,) = augment([clear], generator, self.augment_config)
-        sample = synthesize_haze(clear, generator, self.haze_config, kind=self.kind)
+        if self.field_side_px is None:
+            (clear,) = augment([clear], generator, self.augment_config)
+            sample = synthesize_haze(clear, generator, self.haze_config, kind=self.kind)
+            hazy, t, airlight, kind = sample.hazy, sample.transmission, sample.airlight, sample.kind
+        else:
+            t, airlight, kind = haze_fields_at_image_scale(
+                clear, generator, self.haze_config, kind=self.kind, field_side_px=self.field_side_px
+            )
+            clear, t = augment([clear, t], generator, self.augment_config)
+            hazy = apply_scattering(clear, t, airlight)
         return {
-            "hazy": sample.hazy,
-            "clear": sample.clear,
-            "transmission": sample.transmission,
-            "airlight": sample.airlight,
-            "homogeneous": torch.tensor(sample.kind == "homogeneous"),
+            "hazy": hazy,
+            "clear": clear,
+            "transmission": t,
+            "airlight": airlight,
+            "homogeneous": torch.tensor(kind == "homogeneous"),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -61,6 +62,27 @@ def test_synthetic_dataset_is_deterministic_and_recoverable() -> None:
     assert torch.equal(item["hazy"], again["hazy"])
     other = SyntheticHazeDataset(images, AugmentConfig(crop_px=32), HazeConfig(), seed=6)[7]
     assert not torch.equal(item["hazy"], other["hazy"])
+
+
+@pytest.mark.parametrize("field_side_px", [160, None])
+def test_synthetic_haze_is_drawn_at_image_scale(field_side_px: int | None) -> None:
+    # Homogeneous haze over a pure vertical depth gradient, beta fixed at 2: over a whole photo t spans
+    # exp(-2)..1. A 64-px crop of a 512-px-tall image hazed at image scale spans only ~1/8 of that depth
+    # range; hazing the crop as if it were a photo (the old behaviour) spans all of it.
+    haze = HazeConfig(kinds=("homogeneous",), beta_range=(2.0, 2.0), gradient_weight=(1.0, 1.0),
+                      brightness_weight=(0.0, 0.0), max_tilt=0.0)
+    images = [np.full((512, 384, 3), 128, np.uint8)]
+    ds = SyntheticHazeDataset(images, AugmentConfig(crop_px=64, hflip=False), haze, seed=0, field_side_px=field_side_px)
+    for position in range(4):
+        item = ds[position]
+        log_t = item["transmission"].log()
+        depth_span = float(log_t.max() - log_t.min()) / 2.0
+        if field_side_px is None:
+            assert depth_span > 0.9
+        else:
+            assert 0.05 < depth_span < 0.2  # 64 / 512 = 0.125 of the depth range
+            torch.testing.assert_close(recover_clear(item["hazy"], item["transmission"], item["airlight"]),
+                                       item["clear"], atol=2e-6, rtol=0)
 
 
 def test_loader_workers_give_the_same_stream_as_in_process() -> None:

@@ -22,11 +22,18 @@ def bench() -> None:
 
 @bench.command("scan")
 def bench_scan() -> None:
-    """Selective-scan backends: forward and forward+backward time."""
-    from cliphaze.ops.bench import ScanBenchConfig, format_scan_report, run_scan_benchmark
+    """Selective-scan backends, and SS2D's fused four-direction scan: forward and forward+backward time."""
+    from cliphaze.ops.bench import (
+        ScanBenchConfig,
+        format_cross_scan_report,
+        format_scan_report,
+        run_cross_scan_benchmark,
+        run_scan_benchmark,
+    )
 
     config = ScanBenchConfig()
     click.echo(format_scan_report(config, run_scan_benchmark(config)))
+    click.echo(format_cross_scan_report(run_cross_scan_benchmark(config)))
 
 
 @bench.command("io")

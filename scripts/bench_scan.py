@@ -30,7 +30,14 @@ def main() -> None:
         # Must be set before numba is imported (it is imported lazily, by the first CPU scan probe).
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="cliphaze-numba-")
 
-    from cliphaze.ops.bench import ScanBenchConfig, compile_time_s, format_scan_report, run_scan_benchmark
+    from cliphaze.ops.bench import (
+        ScanBenchConfig,
+        compile_time_s,
+        format_cross_scan_report,
+        format_scan_report,
+        run_cross_scan_benchmark,
+        run_scan_benchmark,
+    )
 
     started = time.perf_counter()
     if args.device == "cpu":
@@ -39,6 +46,7 @@ def main() -> None:
     config = ScanBenchConfig(height=args.size, width=args.size, repeats=args.repeats, device=args.device,
                              reference_backward=args.reference_backward)
     print(format_scan_report(config, run_scan_benchmark(config, args.backends)))
+    print(format_cross_scan_report(run_cross_scan_benchmark(config)))
 
 
 if __name__ == "__main__":

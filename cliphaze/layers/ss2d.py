@@ -1,8 +1,9 @@
 """SS2D: the four-direction 2-D selective scan of the Mamba path (spec 2.3.2, VMamba v0 / MambaIR).
 
-The scan itself is :func:`cliphaze.ops.selective_scan` (backend chosen by name, "auto" per device);
-the four directions are :func:`cliphaze.ops.cross_scan.cross_scan` / ``cross_merge``. The scan runs in
-fp32 whatever the surrounding autocast dtype.
+The scan is :func:`cliphaze.ops.cross_selective_scan`: the four directions of
+:mod:`cliphaze.ops.cross_scan`, fused into one call on the CPU backend, otherwise
+:func:`cliphaze.ops.selective_scan` (backend chosen by name, "auto" per device) between explicit
+``cross_scan`` / ``cross_merge`` copies. The scan runs in fp32 whatever the surrounding autocast dtype.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliphaze.config import SSMConfig
-from cliphaze.ops import selective_scan, selective_scan_outside_graph
-from cliphaze.ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from cliphaze.ops import cross_selective_scan
+from cliphaze.ops.cross_scan import NUM_DIRECTIONS
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -68,42 +69,38 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def _scan(self, xs: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
-        """Grouped selective scan in fp32: xs, dts (B, K*D, L); bs, cs (B, K, N, L) -> (B, K*D, L)."""
-        if xs.device.type == "meta":  # shape-only pass (FLOP counting); the scan's cost is added analytically
-            return torch.empty_like(xs)
-        # Under torch.compile the scan kernel stays outside the graph (it cannot be traced).
-        scan = selective_scan_outside_graph() if torch.compiler.is_compiling() else selective_scan
-        return scan(
-            xs,
-            dts,
+    def _scan(self, x: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+        """Four-direction scan in fp32: x (B, D, H, W); dts (B, K, D, L), bs, cs (B, K, N, L) row-major -> (B, D, L)."""
+        b, d, h, w = x.shape
+        if x.device.type == "meta":  # shape-only pass (FLOP counting); the scan's cost is added analytically
+            return x.new_empty(b, d, h * w)
+        return cross_selective_scan(
+            x.float(),
+            dts.float(),
             -torch.exp(self.A_logs.float()),
-            bs,
-            cs,
+            bs.float(),
+            cs.float(),
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().view(-1),
             delta_softplus=True,
             backend=self.scan_backend,
+            # Under torch.compile the scan kernel stays outside the graph (it cannot be traced).
+            outside_graph=torch.compiler.is_compiling(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, _ = x.shape
         length = h * w
-        k, d, n, r = NUM_DIRECTIONS, self.d_inner, self.d_state, self.dt_rank
+        d, n, r = self.d_inner, self.d_state, self.dt_rank
         xc, z = self.in_proj(x).chunk(2, dim=-1)
         xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2).contiguous()))  # (B, D, H, W)
-        xs = cross_scan(xc)  # (B, K, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
+        # The per-direction projections are per pixel, so they are taken on the row-major grid once
+        # (no four reordered copies of xc); the scan reads each direction's order itself.
+        x_dbl = torch.einsum("bdl,kcd->bkcl", xc.reshape(b, d, length), self.x_proj_weight.to(xc.dtype))
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
-        ys = self._scan(
-            xs.float().reshape(b, k * d, length),
-            dts.float().reshape(b, k * d, length),
-            bs.float().contiguous(),
-            cs.float().contiguous(),
-        )
-        y = cross_merge(ys.view(b, k, d, length), h, w)  # (B, D, L)
+        y = self._scan(xc, dts, bs.contiguous(), cs.contiguous())  # (B, D, L)
         y = y.transpose(1, 2).reshape(b, h, w, d)
         y = self.out_norm(y.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)

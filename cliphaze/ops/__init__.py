@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from cliphaze.ops.cross_scan import cross_merge, cross_scan
+from cliphaze.ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan, to_scan_order
 from cliphaze.ops.scan import (
     AUTO,
     BackendUnavailable,
@@ -32,6 +32,7 @@ __all__ = [
     "available_backends",
     "cross_merge",
     "cross_scan",
+    "cross_selective_scan",
     "get_scan_backend",
     "resolve_backend",
     "selective_scan",
@@ -107,3 +108,55 @@ def selective_scan_outside_graph() -> Callable[..., ScanResult]:
     if not _OUTSIDE_GRAPH:
         _OUTSIDE_GRAPH.append(torch.compiler.disable(selective_scan, recursive=True))
     return _OUTSIDE_GRAPH[0]
+
+
+def cross_selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+    delta_softplus: bool = True,
+    backend: str = AUTO,
+    outside_graph: bool = False,
+    fuse: bool = True,
+) -> torch.Tensor:
+    """SS2D's scan: the four directions of a grid scanned and summed back, ``cross_merge(scan(cross_scan(x)))``.
+
+    On the ``cpu_fused`` backend the four scans run in one fused call that reads the grid in place
+    (:mod:`cliphaze.ops.scan.cross_fused`); other backends get the explicit cross-scan copies.
+
+    Args:
+        x: (b, Dm, H, W) scan input.
+        delta: (b, 4, Dm, H·W) raw step sizes of each direction at row-major grid positions.
+        A: (4·Dm, N); B, C: (b, 4, N, H·W) at row-major positions; D, delta_bias: (4·Dm,).
+        backend: selective-scan backend name (``"auto"`` resolves per device).
+        outside_graph: under torch.compile: the unfused path with the scan kept out of the graph.
+        fuse: use the fused call where the backend has one (False: always the explicit copies; benchmarks).
+
+    Returns:
+        (b, Dm, H·W) row-major.
+    """
+    batch, dim, height, width = x.shape
+    length = height * width
+    if fuse and not outside_graph and resolve_backend(backend, x.device) == "cpu_fused":
+        from cliphaze.ops.scan.cross_fused import cross_scan_fused
+
+        return cross_scan_fused(x.reshape(batch, dim, length), delta, A, B, C, D, delta_bias, height, width,
+                                delta_softplus)  # fmt: skip
+    scan = selective_scan_outside_graph() if outside_graph else selective_scan
+    k = NUM_DIRECTIONS
+    ys = scan(
+        cross_scan(x).reshape(batch, k * dim, length),
+        to_scan_order(delta, height, width).reshape(batch, k * dim, length),
+        A,
+        to_scan_order(B, height, width),
+        to_scan_order(C, height, width),
+        D=D,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        backend=backend,
+    )
+    return cross_merge(ys.view(batch, k, dim, length), height, width)

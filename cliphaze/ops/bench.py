@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cliphaze.ops import available_backends, resolve_backend, selective_scan
+from cliphaze.ops import available_backends, cross_selective_scan, resolve_backend, selective_scan
 from cliphaze.ops.scan.cpu_fused import get_kernels
 
 logger = logging.getLogger(__name__)
@@ -168,4 +168,66 @@ def format_scan_report(config: ScanBenchConfig, results: Sequence[ScanBenchResul
         fb = "-" if r.forward_backward_ms is None else f"{r.forward_backward_ms:.1f}"
         bf = "-" if r.backward_over_forward is None else f"{r.backward_over_forward:.2f}"
         lines.append(f"{r.backend:<20}{r.forward_ms:>10.1f}{fb:>12}{fr:>11}{fbr:>11}{bf:>9}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CrossScanBenchResult:
+    """SS2D's whole four-direction scan (cross-scan, scan, merge), with and without the fused call."""
+
+    backend: str  # the backend "auto" resolved to
+    unfused_ms: tuple[float, float]  # (forward, forward+backward) with explicit cross_scan / cross_merge copies
+    fused_ms: tuple[float, float] | None  # the same with the fused call; None when the backend has none
+
+
+def run_cross_scan_benchmark(config: ScanBenchConfig | None = None) -> CrossScanBenchResult:
+    """Time :func:`cliphaze.ops.cross_selective_scan` fused and unfused on the benchmark's SS2D problem."""
+    config = config or ScanBenchConfig()
+    gen = torch.Generator().manual_seed(config.seed)
+    k, d, n = config.directions, config.d_inner, config.d_state
+    h, w = config.height, config.width
+    tensors = [
+        torch.randn(config.batch, d, h, w, generator=gen),
+        torch.randn(config.batch, k, d, h * w, generator=gen) * DELTA_SCALE,
+        -torch.arange(1, n + 1, dtype=torch.float32).repeat(k * d, 1),
+        torch.randn(config.batch, k, n, h * w, generator=gen),
+        torch.randn(config.batch, k, n, h * w, generator=gen),
+        torch.ones(k * d),
+        torch.randn(k * d, generator=gen) * DELTA_SCALE - 2.0,
+    ]
+    tensors = [t.to(config.device).requires_grad_() for t in tensors]
+    backend = resolve_backend("auto", config.device)
+
+    def timed(fuse: bool) -> tuple[float, float]:
+        def forward() -> None:
+            with torch.no_grad():
+                cross_selective_scan(*tensors, backend=backend, fuse=fuse)
+
+        def forward_backward() -> None:
+            out = cross_selective_scan(*tensors, backend=backend, fuse=fuse)
+            out.backward(torch.ones_like(out))
+
+        forward()
+        forward_backward()
+        return _median_ms(forward, config.repeats, config.device), _median_ms(forward_backward, config.repeats,
+                                                                             config.device)  # fmt: skip
+
+    unfused = timed(False)
+    fused = timed(True) if backend == "cpu_fused" else None
+    return CrossScanBenchResult(backend=backend, unfused_ms=unfused, fused_ms=fused)
+
+
+def format_cross_scan_report(result: CrossScanBenchResult) -> str:
+    """One table: SS2D's scan with explicit cross-scan copies vs the fused call."""
+    lines = [
+        f"SS2D four-direction scan incl. cross-scan/merge (backend {result.backend}):",
+        f"{'path':<20}{'fwd ms':>10}{'fwd+bwd ms':>12}",
+        f"{'copies + scan':<20}{result.unfused_ms[0]:>10.1f}{result.unfused_ms[1]:>12.1f}",
+    ]
+    if result.fused_ms is None:
+        lines.append(f"{'fused':<20}{'-':>10}{'-':>12}  (no fused call on this backend)")
+    else:
+        f, fb = result.fused_ms
+        lines.append(f"{'fused':<20}{f:>10.1f}{fb:>12.1f}  "
+                     f"({result.unfused_ms[0] / f:.2f}x fwd, {result.unfused_ms[1] / fb:.2f}x fwd+bwd)")
     return "\n".join(lines)

@@ -56,3 +56,21 @@ def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
     forward = ys[:, :2] + ys[:, 2:].flip(-1)  # (B, 2, C, L): dir0+dir2 row-major, dir1+dir3 column-major
     col_to_row = forward[:, 1].reshape(batch, channels, width, height).transpose(2, 3).reshape(batch, channels, length)
     return forward[:, 0] + col_to_row
+
+
+def to_scan_order(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-direction values at row-major positions -> each direction's scan order.
+
+    Args:
+        t: (B, 4, C, H·W); ``t[:, k, :, p]`` belongs to grid position ``p`` (row-major) of direction k.
+
+    Returns:
+        (B, 4, C, H·W) with ``out[:, k, :, l]`` the value at the l-th position direction k visits, so that
+        per-pixel projections of ``x`` reordered this way equal the same projections of ``cross_scan(x)``.
+    """
+    batch, directions, channels, length = t.shape
+    if directions != NUM_DIRECTIONS or height * width != length:
+        raise ValueError(f"expected (B, {NUM_DIRECTIONS}, C, {height}*{width}), got {tuple(t.shape)}")
+    grid = t.reshape(batch, directions, channels, height, width)
+    col = grid[:, 1::2].transpose(-1, -2).reshape(batch, 2, channels, length)  # directions 1 and 3
+    return torch.stack((t[:, 0], col[:, 0], t[:, 2].flip(-1), col[:, 1].flip(-1)), dim=1)

@@ -69,6 +69,8 @@ class FusedKernels:
 
     forward: Callable[..., None]  # forward_kernel below, jitted
     backward: Callable[..., None]  # backward_kernel below, jitted
+    cross_forward: Callable[..., None]  # cross_forward_kernel: SS2D's four directions in one call
+    cross_backward: Callable[..., None]  # cross_backward_kernel
     num_threads: int  # numba's thread count
     build_s: float  # import + compile (or cache load) time of the probe, seconds
 
@@ -268,10 +270,150 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                 gd_part[bi, d] = gd_acc
                 gbias_part[bi, d] = gbias_acc
 
-    kernels = FusedKernels(forward_kernel, backward_kernel, numba.get_num_threads(), 0.0)  # build_s set below
+    @strict
+    def scan_pos(k, l, height, width, length):
+        """Row-major grid position of step l of SS2D direction k (cliphaze.ops.cross_scan's orders)."""
+        if k >= 2:
+            l = length - 1 - l
+        if k == 1 or k == 3:  # column-major: l = j * H + i
+            j = l // height
+            return (l - j * height) * width + j
+        return l
+
+    @jit
+    def cross_forward_kernel(u, delta, A, bmat, cmat, dskip, bias, softplus, fast_exp, ck_len, height, width,
+                             out, ckpt):  # fmt: skip
+        """SS2D's four scans of one channel in one job, read and merged in place (no cross-scan copies).
+
+        u (b, D, L) and out (b, D, L, zeroed) are row-major grids; delta (b, K, D, L) and B/C (b, K, L, N)
+        hold each direction's values at row-major positions; A, dskip, bias are per (k, d) = k * D + d.
+        out[b, d, p] = sum over k of direction k's output at position p.
+        """
+        n_batch, dim, length = u.shape
+        n_dir = delta.shape[1]
+        n_state = A.shape[1]
+        n_ck = ckpt.shape[2]
+        for job in numba.prange(n_batch * dim):
+            bi = job // dim
+            d = job - bi * dim
+            h = np.zeros(n_state, dtype=u.dtype)
+            abuf = np.empty((ck_len, n_state), dtype=u.dtype)
+            ebuf = np.empty((ck_len, n_state), dtype=np.int32)
+            dtbuf = np.empty(ck_len, dtype=u.dtype)
+            posbuf = np.empty(ck_len, dtype=np.int64)
+            for k in range(n_dir):
+                kd = k * dim + d
+                h[:] = 0.0
+                for c in range(n_ck):
+                    t0 = c * ck_len
+                    steps = min(length, t0 + ck_len) - t0
+                    ckpt[bi, kd, c, :] = h
+                    for i in range(steps):
+                        pos = scan_pos(k, t0 + i, height, width, length)
+                        posbuf[i] = pos
+                        dt = delta[bi, k, d, pos] + bias[kd]
+                        if softplus and dt <= SOFTPLUS_THRESHOLD:
+                            dt = np.log1p(np.exp(dt))
+                        dtbuf[i] = dt
+                    decay_block(dtbuf, A, kd, steps, fast_exp, abuf, ebuf)
+                    for i in range(steps):
+                        pos = posbuf[i]
+                        ut = u[bi, d, pos]
+                        dtu = dtbuf[i] * ut
+                        acc = 0.0
+                        for n in range(n_state):
+                            hn = abuf[i, n] * h[n] + dtu * bmat[bi, k, pos, n]
+                            h[n] = hn
+                            acc += cmat[bi, k, pos, n] * hn
+                        out[bi, d, pos] += acc + dskip[kd] * ut
+
+    @jit
+    def cross_backward_kernel(
+        u, delta, A, bmat, cmat, dskip, bias, softplus, fast_exp, ck_len, height, width, ckpt, gout, block,
+        gu, gdelta, ga_part, gd_part, gbias_part, gb_part, gc_part,
+    ):  # fmt: skip
+        """Reverse-time backward of cross_forward_kernel, parallel over (batch, block of channels).
+
+        A job owns its channels in every direction, so gu (zeroed) sums the four directions without races;
+        B/C gradients go to per-block partials gb_part/gc_part (b, n_blocks, K, L, N), zeroed.
+        """
+        n_batch, dim, length = u.shape
+        n_dir = delta.shape[1]
+        n_state = A.shape[1]
+        n_blocks = dim // block
+        n_ck = ckpt.shape[2]
+        for job in numba.prange(n_batch * n_blocks):
+            bi = job // n_blocks
+            blk = job - bi * n_blocks
+            hbuf = np.empty((ck_len + 1, n_state), dtype=u.dtype)
+            abuf = np.empty((ck_len, n_state), dtype=u.dtype)
+            ebuf = np.empty((ck_len, n_state), dtype=np.int32)
+            dtbuf = np.empty(ck_len, dtype=u.dtype)
+            posbuf = np.empty(ck_len, dtype=np.int64)
+            gh = np.empty(n_state, dtype=u.dtype)
+            ga_acc = np.empty(n_state, dtype=np.float64)
+            for d in range(blk * block, (blk + 1) * block):
+                for k in range(n_dir):
+                    kd = k * dim + d
+                    gh[:] = 0.0
+                    ga_acc[:] = 0.0
+                    gd_acc = 0.0
+                    gbias_acc = 0.0
+                    for c in range(n_ck - 1, -1, -1):
+                        t0 = c * ck_len
+                        t1 = min(length, t0 + ck_len)
+                        hbuf[0, :] = ckpt[bi, kd, c, :]
+                        for t in range(t0, t1):
+                            pos = scan_pos(k, t, height, width, length)
+                            posbuf[t - t0] = pos
+                            dt = delta[bi, k, d, pos] + bias[kd]
+                            if softplus and dt <= SOFTPLUS_THRESHOLD:
+                                dt = np.log1p(np.exp(dt))
+                            dtbuf[t - t0] = dt
+                        decay_block(dtbuf, A, kd, t1 - t0, fast_exp, abuf, ebuf)
+                        for i in range(t1 - t0):
+                            pos = posbuf[i]
+                            dtu = dtbuf[i] * u[bi, d, pos]
+                            for n in range(n_state):
+                                hbuf[i + 1, n] = abuf[i, n] * hbuf[i, n] + dtu * bmat[bi, k, pos, n]
+                        for i in range(t1 - t0 - 1, -1, -1):
+                            pos = posbuf[i]
+                            dt = dtbuf[i]
+                            ut = u[bi, d, pos]
+                            gy = gout[bi, d, pos]
+                            gd_acc += gy * ut
+                            gu_t = gy * dskip[kd]
+                            gdt = 0.0
+                            dtu = dt * ut
+                            for n in range(n_state):
+                                g = gh[n] + gy * cmat[bi, k, pos, n]  # dL/dh_t
+                                gc_part[bi, blk, k, pos, n] += gy * hbuf[i + 1, n]
+                                a = abuf[i, n]
+                                g_log = g * hbuf[i, n] * a  # dL/d(dt·A[kd, n])
+                                gdt += g_log * A[kd, n]
+                                ga_acc[n] += g_log * dt
+                                bn = bmat[bi, k, pos, n]
+                                gdt += g * bn * ut
+                                gb_part[bi, blk, k, pos, n] += g * dtu
+                                gu_t += g * dt * bn
+                                gh[n] = g * a
+                            if softplus:
+                                raw = delta[bi, k, d, pos] + bias[kd]
+                                if raw <= SOFTPLUS_THRESHOLD:
+                                    gdt = gdt / (1.0 + math.exp(-raw))
+                            gdelta[bi, k, d, pos] = gdt
+                            gbias_acc += gdt
+                            gu[bi, d, pos] += gu_t
+                    ga_part[bi, kd, :] = ga_acc
+                    gd_part[bi, kd] = gd_acc
+                    gbias_part[bi, kd] = gbias_acc
+
+    kernels = FusedKernels(forward_kernel, backward_kernel, cross_forward_kernel, cross_backward_kernel,
+                           numba.get_num_threads(), 0.0)  # build_s set below
     for dtype in (np.float32, np.float64):
         _run_tiny(kernels, dtype)
-    return FusedKernels(forward_kernel, backward_kernel, kernels.num_threads, time.perf_counter() - started)
+    return FusedKernels(forward_kernel, backward_kernel, cross_forward_kernel, cross_backward_kernel,
+                        kernels.num_threads, time.perf_counter() - started)
 
 
 def _run_tiny(kernels: FusedKernels, dtype: type) -> None:
@@ -293,6 +435,20 @@ def _run_tiny(kernels: FusedKernels, dtype: type) -> None:
     bc_parts = [np.zeros((1, 2, 3, n_state), dtype=dtype) for _ in range(2)]
     kernels.backward(u, delta, A, bmat, bmat, vec, z, vec, True, True, fast, CHECKPOINT_STEPS, ckpt, out, 1,
                      *grads, *parts, *bc_parts)  # fmt: skip
+    # SS2D cross kernels on a 1x3 grid (L = 3), 4 directions of 2 channels.
+    n_dir = 4
+    cdelta = rng.standard_normal((1, n_dir, 2, 3)).astype(dtype)
+    ca = -np.ones((n_dir * 2, n_state), dtype=dtype)
+    cbc = np.ones((1, n_dir, 3, n_state), dtype=dtype)
+    cvec = np.ones(n_dir * 2, dtype=dtype)
+    cckpt = np.empty((1, n_dir * 2, 1, n_state), dtype=dtype)
+    cout = np.zeros(shape, dtype=dtype)
+    kernels.cross_forward(u, cdelta, ca, cbc, cbc, cvec, cvec, True, fast, CHECKPOINT_STEPS, 1, 3, cout, cckpt)
+    cparts = [np.zeros((1, n_dir * 2, n_state), dtype=dtype), np.zeros((1, n_dir * 2), dtype=dtype),
+              np.zeros((1, n_dir * 2), dtype=dtype)]
+    cbc_parts = [np.zeros((1, 2, n_dir, 3, n_state), dtype=dtype) for _ in range(2)]
+    kernels.cross_backward(u, cdelta, ca, cbc, cbc, cvec, cvec, True, fast, CHECKPOINT_STEPS, 1, 3, cckpt, cout, 1,
+                           np.zeros(shape, dtype=dtype), np.empty_like(cdelta), *cparts, *cbc_parts)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)

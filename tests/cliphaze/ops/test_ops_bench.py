@@ -1,0 +1,30 @@
+"""The scan benchmarks run on a tiny problem and report what they timed."""
+
+from __future__ import annotations
+
+from cliphaze.ops.bench import (
+    ScanBenchConfig,
+    format_cross_scan_report,
+    format_scan_report,
+    run_cross_scan_benchmark,
+    run_scan_benchmark,
+)
+
+TINY = ScanBenchConfig(d_inner=4, d_state=4, height=6, width=5, repeats=1)
+
+
+def test_scan_benchmark_times_each_backend_against_the_reference() -> None:
+    results = run_scan_benchmark(TINY, ["reference", "chunked"])
+    assert [r.backend for r in results] == ["reference", "chunked"]
+    chunked = results[1]
+    assert chunked.forward_ms > 0 and chunked.forward_backward_ms > chunked.forward_ms * 0
+    assert chunked.forward_ratio is not None and chunked.forward_ratio > 0
+    assert "chunked" in format_scan_report(TINY, results)
+
+
+def test_cross_scan_benchmark_compares_the_fused_call_on_cpu() -> None:
+    result = run_cross_scan_benchmark(TINY)
+    assert result.backend == "cpu_fused"
+    assert result.fused_ms is not None and min(*result.fused_ms, *result.unfused_ms) > 0
+    report = format_cross_scan_report(result)
+    assert "copies + scan" in report and "fused" in report

@@ -52,7 +52,8 @@ def stage1_config(steps: int) -> ClipStageConfig:
     return ClipStageConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=min(20, steps // 4 + 1), seed=TRAIN_SEED)
 
 
-def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, ema: float) -> TrainConfig:
+def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, ema: float,
+                  field_loss: float) -> TrainConfig:
     return TrainConfig(
         variant=VARIANT,
         steps=steps,
@@ -60,6 +61,7 @@ def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, em
         augment=AugmentConfig(crop_px=crop_px, hflip=True),
         optim=OptimConfig(lr=lr, warmup_steps=min(20, steps // 10 + 1), min_lr_ratio=0.05, grad_clip_norm=1.0),
         ema_decay=ema,
+        field_loss_weight=field_loss,
         amp="off",
         seed=TRAIN_SEED,
         device="cpu",
@@ -122,6 +124,8 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start stage 2 from this bundle's network weights (ignored when --out has a resume state)")
     parser.add_argument("--ema", type=float, default=0.98, help="EMA decay of the shipped weights")
+    parser.add_argument("--field-loss", type=float, default=1.0,
+                        help="weight of the K/Bb supervision by the synthetic haze's transmission and airlight")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
@@ -147,7 +151,7 @@ def main() -> None:
     logger.info("stage 1: %s", stage1.stats)
     encoder = stage1.encoder
 
-    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema)
+    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema, args.field_loss)
     init_model = None
     if args.init_from is not None:
         from cliphaze.bundle import load_bundle

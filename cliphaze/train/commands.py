@@ -96,6 +96,8 @@ def _stage1_folders(train_pairs, clean_images, out: Path, seed: int) -> tuple[Pa
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--warmup", type=int, default=0, show_default=True, help="Warm-up steps.")
 @click.option("--ema", "ema_decay", type=float, default=0.999, show_default=True)
+@click.option("--field-loss", "field_loss_weight", type=float, default=0.0, show_default=True,
+              help="With --synthetic: weight of the K/Bb supervision by the haze's transmission and airlight.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True, help="Data-loader processes.")
@@ -107,8 +109,8 @@ def _stage1_folders(train_pairs, clean_images, out: Path, seed: int) -> tuple[Pa
 @click.option("--time-budget-min", type=float, help="Stop (resumable) after this many minutes.")
 def train(data: Path, out_dir: Path, synthetic: bool, variant: str, clip_model: str, pretrained: str,
           daclip_checkpoint: str | None, prompts_path: Path | None, prompt_steps: int, steps: int, batch: int,
-          crop: int, rot90: bool, lr: float, warmup: int, ema_decay: float, amp: str, device: str, workers: int,
-          val_fraction: float, val_every: int, ckpt_every: int, seed: int, resume: bool,
+          crop: int, rot90: bool, lr: float, warmup: int, ema_decay: float, field_loss_weight: float, amp: str,
+          device: str, workers: int, val_fraction: float, val_every: int, ckpt_every: int, seed: int, resume: bool,
           time_budget_min: float | None) -> None:
     """Train CLIPHaze on DATA: stage 1 (prompts, CLIP frozen) then stage 2 (network, CLIP frozen).
 
@@ -138,7 +140,8 @@ def train(data: Path, out_dir: Path, synthetic: bool, variant: str, clip_model: 
         config = TrainConfig(
             variant=variant, steps=steps, batch_size=batch,
             augment=AugmentConfig(crop_px=crop, hflip=True, rot90=rot90),
-            optim=OptimConfig(lr=lr, warmup_steps=warmup), ema_decay=ema_decay, amp=amp, seed=seed, device=device,
+            optim=OptimConfig(lr=lr, warmup_steps=warmup), ema_decay=ema_decay, field_loss_weight=field_loss_weight,
+            amp=amp, seed=seed, device=device,
             num_workers=workers, checkpoint=CheckpointConfig(out_dir=str(out_dir), every_steps=ckpt_every),
             validation=ValidationConfig(every_steps=val_every),
         )

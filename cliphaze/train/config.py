@@ -80,6 +80,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser and schedule
     ema_decay: float = 0.999  # EMA of the weights (warm-up: min(decay, (1 + step) / (10 + step)))
     fft_loss_weight: float = 0.0  # weight of the FFT-amplitude L1 term next to the L1 loss
+    field_loss_weight: float = 0.0  # weight of the K/Bb supervision by synthetic haze's t and A (losses.py)
     amp: str = "auto"  # "auto" (fp16 + GradScaler on CUDA, fp32 on CPU), "off", "bf16", "fp16"
     seed: int = 0  # seeds initialisation, data order, crops and synthetic haze
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"
@@ -91,6 +92,7 @@ class TrainConfig:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
         _check(self.fft_loss_weight >= 0, "fft_loss_weight must be >= 0")
+        _check(self.field_loss_weight >= 0, "field_loss_weight must be >= 0")
         _check(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         _check(self.num_workers >= 0, "num_workers must be >= 0")
 

@@ -1,7 +1,8 @@
 """Stage 2: train the CLIPHaze network on hazy/clear crops with CLIP guidance frozen.
 
 AdamW + warm-up/cosine schedule, gradient clipping, EMA of the weights, AMP (fp16 + GradScaler on
-CUDA, optional bf16), L1 loss on the [-1, 1] output, validation PSNR/SSIM of the EMA weights on
+CUDA, optional bf16), L1 loss on the [-1, 1] output (plus, optionally, supervision of the
+reconstruction fields by synthetic haze's transmission and airlight), validation PSNR/SSIM of the EMA weights on
 held-out images, a tqdm bar with loss and it/s, and exact resume from the states of
 :mod:`cliphaze.train.state`. Data is position-indexed (:mod:`cliphaze.train.data`), so a resumed run
 sees exactly the batches the uninterrupted run would have seen.
@@ -25,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cliphaze.guidance_types import Guidance
-from cliphaze.losses import ReconstructionLoss
+from cliphaze.losses import ReconstructionLoss, scattering_field_loss
 from cliphaze.metrics import psnr, ssim
-from cliphaze.model import ClipHazeNet
+from cliphaze.model import ClipHazeNet, reconstruct
 from cliphaze.preprocess import model_to_unit, unit_to_model
 from cliphaze.train.config import TrainConfig
 from cliphaze.train.data import PositionSampler
@@ -227,9 +228,15 @@ def train_network(
         g = guidance_fn(hazy) if guidance_fn is not None else Guidance()
         autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                     else contextlib.nullcontext())
+        supervise_fields = config.field_loss_weight > 0 and "transmission" in batch
         with autocast:
-            pred = model(unit_to_model(hazy), g.density, g.tokens)
+            x = unit_to_model(hazy)
+            k, bb = model.forward_fields(x, g.density, g.tokens)
+            pred = reconstruct(x, k, bb)
         loss = loss_fn(pred.float(), unit_to_model(clear))
+        if supervise_fields:
+            loss = loss + scattering_field_loss(k, bb, batch["transmission"].to(device), batch["airlight"].to(device),
+                                                loss_weight=config.field_loss_weight)  # fmt: skip
         objects.optimizer.zero_grad(set_to_none=True)
         objects.scaler.scale(loss).backward()
         if config.optim.grad_clip_norm > 0:

@@ -203,6 +203,17 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_demo_runs_cliphaze_at_reduced_scale_on_the_cpu(tmp_path: Path, tiny_bundle: Path) -> None:
+    out = tmp_path / "demo.mp4"
+    code, stdout, err = cli("demo", "-o", str(out), "--weights", str(tiny_bundle), "--device", "cpu", "-v")
+    assert code == 0, err
+    assert "network runs at 0.5x resolution" in err
+    assert len(video_times(out)) == SAMPLE_FRAMES
+    code, _, err = cli("demo", "-o", str(out), "--model", "dcp", "--scale", "1.5")
+    assert code != 0 and "scale must be in (0, 1]" in err
+
+
 def test_dehaze_with_tiny_cliphaze_bundle(tmp_path: Path, bikes: Path, tiny_bundle: Path) -> None:
     out, stats_path, density = tmp_path / "tiny.mp4", tmp_path / "s.json", tmp_path / "d.jsonl"
     code, _, err = cli("dehaze", str(bikes), "-o", str(out), "--weights", str(tiny_bundle), "--max-frames", "12",

@@ -86,6 +86,10 @@ class SS2D(nn.Module):
             backend=self.scan_backend,
             # Under torch.compile the scan kernel stays outside the graph (it cannot be traced).
             outside_graph=torch.compiler.is_compiling(),
+            # The fused CPU call pays off on training crops (training step x1.06 for cliphaze-t at 2x96 px)
+            # but its strided column-order reads lose on large inference grids (x0.80 at 256 px):
+            # docs/performance.md. So it runs only when gradients are recorded.
+            fuse=torch.is_grad_enabled() and x.requires_grad,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

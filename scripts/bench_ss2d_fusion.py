@@ -60,9 +60,9 @@ def main() -> None:
         optimizer.step()
 
     def forced(fuse: bool):
-        def scan(*a, fuse_requested: bool = fuse, **kw):
-            kw.pop("fuse", None)  # SS2D passes its own choice; override it
-            return cross_selective_scan(*a, fuse=fuse_requested, **kw)
+        def scan(*args, **kwargs):
+            kwargs["fuse"] = fuse  # overrides the choice SS2D passes
+            return cross_selective_scan(*args, **kwargs)
 
         return scan
 

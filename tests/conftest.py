@@ -11,6 +11,17 @@ import os
 import pytest
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: intra-op thread hand-offs cost more than the maths on a shared 2-core runner."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _has_cuda() -> bool:
     import torch
 

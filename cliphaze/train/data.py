@@ -184,7 +184,7 @@ def haze_fields_at_image_scale(
     t = sample.transmission
     if t.shape[-2:] != (h, w):
         t = F.interpolate(t[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return t.clamp(config.t_min, 1.0), sample.airlight, sample.kind
+    return t, sample.airlight, sample.kind  # bilinear weights are convex: t stays within [t_min, 1]
 
 
 class SyntheticHazeDataset(Dataset):

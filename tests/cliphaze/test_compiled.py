@@ -15,12 +15,7 @@ from cliphaze.factory import create_model
 FRAME_SIZE = (21, 27)  # odd sides: the padding path runs too
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(device: str = "cpu", scan_backend: str = "cpu_fused") -> torch.nn.Module:

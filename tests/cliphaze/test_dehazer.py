@@ -23,13 +23,7 @@ ODD_SIZE = (21, 27)
 SCAN = "chunked"  # pure PyTorch: no numba compile on first use
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op thread hand-offs cost more than the maths on a shared 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _frames(n: int = 2, size: tuple[int, int] = ODD_SIZE, seed: int = 0) -> torch.Tensor:

@@ -82,9 +82,5 @@ def official_daclip_state(tiny_model_name: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op thread hand-offs cost more than the maths on a shared 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every CLIP test runs its tiny towers on one thread (tests/conftest.py: one_torch_thread)."""

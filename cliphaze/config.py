@@ -127,6 +127,10 @@ class ClipHazeConfig:
     norm_eps: float = 1e-6  # LayerNorm epsilon
     skip_reduction: int = 8  # SKFusion squeeze: hidden = max(C // skip_reduction, skip_min_hidden)
     skip_min_hidden: int = 4  # lower bound of the SKFusion hidden width
+    # Not in the paper (ours, docs/model-card.md): a global airlight correction pooled from the bottleneck,
+    # Bb += K * a(x), so the airlight is estimated from the whole image instead of per receptive field.
+    global_airlight: bool = False
+    airlight_hidden: int = 64  # width of the airlight MLP's hidden layer
 
     def __post_init__(self) -> None:
         if isinstance(self.stages, list):  # accept lists, store an immutable tuple
@@ -140,6 +144,7 @@ class ClipHazeConfig:
         _check(self.stem_kernel % 2 == 1, f"stem_kernel must be odd, got {self.stem_kernel}")
         _check(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
         _check(self.skip_reduction >= 1 and self.skip_min_hidden >= 1, "skip_reduction/skip_min_hidden must be >= 1")
+        _check(self.airlight_hidden >= 1, f"airlight_hidden must be >= 1, got {self.airlight_hidden}")
         _check(
             self.guidance.path != "ssm" or all(s.use_ssm for s in self.stages),
             "path='ssm' needs use_ssm=True in every stage",

@@ -3,6 +3,11 @@
 ``forward_fields`` returns the reconstruction fields K (B, 1, H, W) and Bb (B, 3, H, W);
 ``forward`` applies them, ``y = K * x - Bb + x``. Inputs are in [-1, 1] at any H x W: the image is
 reflect-padded to a multiple of 2**(scales - 1) and the fields are cropped back.
+
+With ``config.global_airlight`` (our extension, not the paper's) an :class:`AirlightHead` pools the
+bottleneck over the whole image and adds ``K * a`` to Bb: for scattering-model haze the exact offset is
+``Bb = K (2A - 1)`` with one airlight A per image, which a windowed network otherwise has to guess from
+each receptive field on its own.
 """
 
 from __future__ import annotations
@@ -70,6 +75,24 @@ class _DensityPyramid:
         return self._cache[key]
 
 
+class AirlightHead(nn.Module):
+    """Per-image airlight term ``a`` (B, 3) from the mean and max of the bottleneck features.
+
+    The last layer starts at zero, so a network gains the head without changing its output.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 3))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """feat (B, C, h, w) -> (B, 3)."""
+        pooled = torch.cat([feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3))], dim=1)
+        return self.mlp(pooled)
+
+
 class ClipHazeNet(nn.Module):
     """The CLIPHaze dehazing network.
 
@@ -97,6 +120,7 @@ class ClipHazeNet(nn.Module):
             for i in range(depth)
         )
         self.head = ConvStem(dims[-1], sum(NUM_FIELD_CHANNELS), config.stem_kernel)
+        self.airlight = AirlightHead(dims[depth], config.airlight_hidden) if config.global_airlight else None
 
     def _check_guidance(
         self, x: torch.Tensor, density: torch.Tensor | None, tokens: torch.Tensor | None
@@ -151,11 +175,14 @@ class ClipHazeNet(nn.Module):
             skips.append(feat)
             feat = self.downs[i](feat)
         feat = run_stage(depth, feat)
+        airlight = None if self.airlight is None else self.airlight(feat)
         for i in range(depth):
             feat = self.fuses[i](self.ups[i](feat), skips[depth - 1 - i])
             feat = run_stage(depth + 1 + i, feat)
         fields = crop_to(self.head(feat), size)
         k, bb = torch.split(fields, NUM_FIELD_CHANNELS, dim=1)
+        if airlight is not None:
+            bb = bb + k * airlight[:, :, None, None].to(k.dtype)
         return k, bb
 
     def forward(

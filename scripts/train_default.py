@@ -53,7 +53,7 @@ def stage1_config(steps: int) -> ClipStageConfig:
 
 
 def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, ema: float,
-                  field_loss: float) -> TrainConfig:
+                  field_loss: float, seed: int = TRAIN_SEED) -> TrainConfig:
     return TrainConfig(
         variant=VARIANT,
         steps=steps,
@@ -63,12 +63,23 @@ def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, em
         ema_decay=ema,
         field_loss_weight=field_loss,
         amp="off",
-        seed=TRAIN_SEED,
+        seed=seed,
         device="cpu",
         num_workers=0,
         checkpoint=CheckpointConfig(out_dir=str(out), every_steps=10, keep_last=2),
         validation=ValidationConfig(every_steps=50, max_images=VAL_IMAGES_DURING_TRAINING, max_side_px=VAL_CROP_PX),
     )
+
+
+def load_network_weights(source: torch.nn.Module, target: torch.nn.Module | None) -> torch.nn.Module:
+    """``source`` itself, or ``target`` with source's weights; only a new (zero-started) airlight head may be missing."""
+    if target is None:
+        return source
+    result = target.load_state_dict(source.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("airlight.")]
+    if missing or result.unexpected_keys:
+        raise SystemExit(f"--init-from does not fit the network: missing {missing}, unexpected {result.unexpected_keys}")
+    return target
 
 
 def write_val_sets(out: Path, val_images: dict, haze: HazeConfig) -> dict[str, list[tuple[Path, Path]]]:
@@ -124,6 +135,10 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start stage 2 from this bundle's network weights (ignored when --out has a resume state)")
     parser.add_argument("--ema", type=float, default=0.98, help="EMA decay of the shipped weights")
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED,
+                        help="stage-2 seed (crops and haze); a fine-tune with --init-from can draw new samples")
+    parser.add_argument("--global-airlight", action="store_true",
+                        help="add the per-image airlight head (ClipHazeConfig.global_airlight; starts at zero)")
     parser.add_argument("--field-loss", type=float, default=1.0,
                         help="weight of the K/Bb supervision by the synthetic haze's transmission and airlight")
     args = parser.parse_args()
@@ -151,14 +166,20 @@ def main() -> None:
     logger.info("stage 1: %s", stage1.stats)
     encoder = stage1.encoder
 
-    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema, args.field_loss)
+    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema, args.field_loss, args.seed)
     init_model = None
+    if args.global_airlight:
+        from cliphaze.config import get_config
+        from cliphaze.factory import create_model
+
+        torch.manual_seed(args.seed)
+        init_model = create_model(get_config(VARIANT).replace(global_airlight=True))
     if args.init_from is not None:
         from cliphaze.bundle import load_bundle
 
-        init_model = load_bundle(args.init_from).net
+        init_model = load_network_weights(load_bundle(args.init_from).net, init_model)
         logger.info("stage 2 starts from the network weights of %s", args.init_from)
-    dataset = SyntheticHazeDataset(content.train, config.augment, haze, seed=TRAIN_SEED)
+    dataset = SyntheticHazeDataset(content.train, config.augment, haze, seed=args.seed)
     val_pairs = [(image_to_tensor(read_rgb_image(h)), image_to_tensor(read_rgb_image(c)))
                  for kind in HAZE_KINDS for h, c in sets[kind][:VAL_IMAGES_DURING_TRAINING // len(HAZE_KINDS)]]
     budget = None if args.time_budget_min is None else args.time_budget_min * 60

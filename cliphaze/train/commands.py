@@ -98,6 +98,8 @@ def _stage1_folders(train_pairs, clean_images, out: Path, seed: int) -> tuple[Pa
 @click.option("--ema", "ema_decay", type=float, default=0.999, show_default=True)
 @click.option("--field-loss", "field_loss_weight", type=float, default=0.0, show_default=True,
               help="With --synthetic: weight of the K/Bb supervision by the haze's transmission and airlight.")
+@click.option("--global-airlight", is_flag=True,
+              help="Add the per-image airlight head to the variant (our extension, docs/model-card.md).")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True, help="Data-loader processes.")
@@ -109,8 +111,9 @@ def _stage1_folders(train_pairs, clean_images, out: Path, seed: int) -> tuple[Pa
 @click.option("--time-budget-min", type=float, help="Stop (resumable) after this many minutes.")
 def train(data: Path, out_dir: Path, synthetic: bool, variant: str, clip_model: str, pretrained: str,
           daclip_checkpoint: str | None, prompts_path: Path | None, prompt_steps: int, steps: int, batch: int,
-          crop: int, rot90: bool, lr: float, warmup: int, ema_decay: float, field_loss_weight: float, amp: str,
-          device: str, workers: int, val_fraction: float, val_every: int, ckpt_every: int, seed: int, resume: bool,
+          crop: int, rot90: bool, lr: float, warmup: int, ema_decay: float, field_loss_weight: float,
+          global_airlight: bool, amp: str, device: str, workers: int, val_fraction: float, val_every: int,
+          ckpt_every: int, seed: int, resume: bool,
           time_budget_min: float | None) -> None:
     """Train CLIPHaze on DATA: stage 1 (prompts, CLIP frozen) then stage 2 (network, CLIP frozen).
 
@@ -188,8 +191,15 @@ def train(data: Path, out_dir: Path, synthetic: bool, variant: str, clip_model: 
         else:
             encoder = GuidanceEncoder.from_config(guidance_config, prompts=prompts_path, device=dev)
         click.echo(f"stage 2: {variant} on {len(dataset)} training items, guidance {encoder.describe()}", err=True)
-        result = train_network(config, dataset, val_pairs=val_pairs, guidance_fn=encoder.encode, resume=resume,
-                               time_budget_s=None if time_budget_min is None else time_budget_min * 60)
+        model = None
+        if global_airlight:
+            from cliphaze.config import get_config
+            from cliphaze.factory import create_model
+
+            torch.manual_seed(seed)
+            model = create_model(get_config(variant).replace(global_airlight=True))
+        result = train_network(config, dataset, val_pairs=val_pairs, guidance_fn=encoder.encode, model=model,
+                               resume=resume, time_budget_s=None if time_budget_min is None else time_budget_min * 60)
     except (DatasetLayoutError, DataError, TrainConfigError, ResumeError, ClipGuidanceError, ValueError) as error:
         raise _bad_input(error) from error
     bundle = out_dir / f"{variant}.safetensors"

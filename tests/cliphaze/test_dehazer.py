@@ -110,6 +110,22 @@ def test_embedded_bundle_round_trip_is_identical(encoder: GuidanceEncoder, net, 
     assert dehazer.encoder.daclip.clip is dehazer.encoder.clip.model
 
 
+def test_bundle_keeps_the_airlight_head(encoder: GuidanceEncoder, tmp_path: Path) -> None:
+    torch.manual_seed(14)
+    net = create_model(create_model("cliphaze-tiny").config.replace(global_airlight=True), scan_backend=SCAN).eval()
+    with torch.no_grad():
+        for param in net.parameters():
+            if not param.any():
+                param.normal_(std=0.1)
+    frames = _frames(1, seed=3)
+    expected = ClipHazeDehazer.from_parts(net, encoder).restore(frames, None)
+    path = tmp_path / "airlight.safetensors"
+    save_bundle(path, net, encoder, embed_towers=True)
+    loaded = ClipHazeDehazer.from_bundle(path, scan_backend=SCAN)
+    assert loaded.net.config.global_airlight and loaded.net.airlight is not None
+    assert torch.equal(loaded.restore(frames, None), expected)
+
+
 def test_referenced_bundle_loads_towers_by_path(encoder: GuidanceEncoder, net, clip_file: Path, tmp_path: Path) -> None:
     frames = _frames(1, size=(24, 31), seed=2)
     expected = ClipHazeDehazer.from_parts(net, encoder).restore(frames, None)

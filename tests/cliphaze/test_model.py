@@ -72,6 +72,29 @@ def test_gradient_reaches_every_parameter() -> None:
     assert dead == []
 
 
+def test_airlight_head_starts_neutral_then_adds_one_airlight_per_image() -> None:
+    torch.manual_seed(0)
+    plain = ClipHazeNet(_tiny()).eval()
+    _perturb_zero_init(plain)
+    with_head = ClipHazeNet(_tiny().replace(global_airlight=True)).eval()
+    result = with_head.load_state_dict(plain.state_dict(), strict=False)
+    assert result.missing_keys and all(k.startswith("airlight.") for k in result.missing_keys)
+    assert not result.unexpected_keys
+    x = torch.rand(2, 3, 19, 23) * 2 - 1
+    x[1] = x[1].flip(-1) * 0.5  # different content per image
+    density, tokens = torch.rand(2, 1, 7, 7), torch.randn(2, 5, SEMANTIC)
+    with torch.no_grad():
+        k0, bb0 = plain.forward_fields(x, density, tokens)
+        torch.testing.assert_close(with_head.forward_fields(x, density, tokens), (k0, bb0))  # zero-started
+        with_head.airlight.mlp[-1].weight.normal_(0.0, 0.3)
+        k1, bb1 = with_head.forward_fields(x, density, tokens)
+    torch.testing.assert_close(k1, k0)  # only the offset changes, by K times one airlight per image
+    offset = bb1 - bb0
+    per_image = (offset * k0).sum(dim=(2, 3), keepdim=True) / k0.square().sum(dim=(2, 3), keepdim=True)  # LSQ fit
+    torch.testing.assert_close(offset, k0 * per_image, atol=1e-5, rtol=1e-4)
+    assert offset.abs().max() > 1e-2 and (per_image[0] - per_image[1]).abs().max() > 1e-3
+
+
 def test_batch_one_guidance_broadcasts(model: ClipHazeNet) -> None:
     x = torch.rand(3, 3, 9, 11) * 2 - 1
     density, tokens = torch.rand(1, 1, 7, 7), torch.randn(1, 5, SEMANTIC)
@@ -146,6 +169,12 @@ def test_per_stage_use_ssm() -> None:
 def test_config_checks_and_dict_round_trip() -> None:
     for cfg in VARIANTS.values():
         assert ClipHazeConfig.from_dict(cfg.to_dict()) == cfg
+    with_head = TINY.replace(global_airlight=True)
+    assert ClipHazeConfig.from_dict(with_head.to_dict()) == with_head
+    old_file = {k: v for k, v in TINY.to_dict().items() if k not in ("global_airlight", "airlight_hidden")}
+    assert ClipHazeConfig.from_dict(old_file) == TINY  # bundles written before the airlight head still load
+    with pytest.raises(ConfigError, match="airlight_hidden"):
+        TINY.replace(airlight_hidden=0)
     with pytest.raises(ConfigError, match="mirror"):
         TINY.replace(stages=(StageConfig(8, 1), StageConfig(16, 1), StageConfig(4, 1)))
     with pytest.raises(ConfigError, match="odd number"):

@@ -98,12 +98,13 @@ def test_train_command_synthetic_tiny_end_to_end(tmp_path: Path) -> None:
     args = ["train", str(clean), "--synthetic", "--out", str(tmp_path / "run"), "--variant", "cliphaze-tiny",
             "--clip", "cliphaze-clip-tiny", "--pretrained", "none", "--prompt-steps", "3", "--steps", "3",
             "--batch", "2", "--crop", "24", "--workers", "0", "--device", "cpu", "--val-every", "3",
-            "--ckpt-every", "2", "--val-fraction", "0.34"]
+            "--ckpt-every", "2", "--val-fraction", "0.34", "--global-airlight"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     bundle = tmp_path / "run" / "cliphaze-tiny.safetensors"
     assert bundle.is_file() and (tmp_path / "run" / "prompts.safetensors").is_file()
     dehazer = ClipHazeDehazer.from_bundle(bundle)
+    assert dehazer.net.airlight is not None and dehazer.net.airlight.mlp[-1].weight.any()  # trained, kept
     out = dehazer.restore(torch.randint(0, 255, (1, 20, 30, 3), dtype=torch.uint8), None)
     assert out.shape == (1, 20, 30, 3) and out.dtype == torch.uint8
     # a second call resumes from the final state: nothing left to do, same weights

@@ -5,9 +5,9 @@
 reflect-padded to a multiple of 2**(scales - 1) and the fields are cropped back.
 
 With ``config.global_airlight`` (our extension, not the paper's) an :class:`AirlightHead` pools the
-bottleneck over the whole image and adds ``K * a`` to Bb: for scattering-model haze the exact offset is
-``Bb = K (2A - 1)`` with one airlight A per image, which a windowed network otherwise has to guess from
-each receptive field on its own.
+bottleneck and the image's colour statistics over the whole image and adds ``K * a`` to Bb: for
+scattering-model haze the exact offset is ``Bb = K (2A - 1)`` with one airlight A per image, which a
+windowed network otherwise has to guess from each receptive field on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from cliphaze.layers.unet import ConvStem, PatchMerge, PixelShuffleUp, SkipFuse
 logger = logging.getLogger(__name__)
 
 NUM_FIELD_CHANNELS = (1, 3)  # K (transmission-like gain) and Bb (offset), split from the head output
+# The airlight head's colour statistics (each per channel) and the grid its max / min are taken on.
+AIRLIGHT_COLOUR_STATS = ("mean", "coarse max", "coarse min", "haziest colour")
+AIRLIGHT_GRID = (16, 16)
 
 
 class GuidanceError(ValueError):
@@ -76,20 +79,34 @@ class _DensityPyramid:
 
 
 class AirlightHead(nn.Module):
-    """Per-image airlight term ``a`` (B, 3) from the mean and max of the bottleneck features.
+    """Per-image airlight term ``a`` (B, 3) from pooled bottleneck features and colour statistics.
 
-    The last layer starts at zero, so a network gains the head without changing its output.
+    The U-Net's features are layer-normalised per pixel, so they have lost the absolute brightness that
+    the airlight is; the head therefore also sees the image's colour statistics (mean, and the max and min
+    over a coarse grid) and the colour of its haziest part (the input weighted by the squared density
+    map, where there is one; the mean colour otherwise). The last layer starts at zero, so a trained
+    network gains the head without changing its output.
     """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 3))
+        inputs = 2 * dim + len(AIRLIGHT_COLOUR_STATS) * 3
+        self.mlp = nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, 3))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """feat (B, C, h, w) -> (B, 3)."""
-        pooled = torch.cat([feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3))], dim=1)
+    def forward(self, feat: torch.Tensor, x: torch.Tensor, density: torch.Tensor | None) -> torch.Tensor:
+        """feat (B, C, h, w), the input x (B, 3, H, W) in [-1, 1], density (B, 1, h', w') or None -> (B, 3)."""
+        coarse = F.adaptive_avg_pool2d(x, AIRLIGHT_GRID)
+        mean = x.mean(dim=(2, 3))
+        if density is None:
+            hazy_colour = mean
+        else:
+            weight = density.float().square()
+            colour = F.adaptive_avg_pool2d(x, density.shape[-2:])
+            hazy_colour = (colour * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp(min=1e-6)
+        stats = (mean, coarse.amax(dim=(2, 3)), coarse.amin(dim=(2, 3)), hazy_colour.to(x.dtype))
+        pooled = torch.cat([feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), *stats], dim=1)
         return self.mlp(pooled)
 
 
@@ -175,7 +192,7 @@ class ClipHazeNet(nn.Module):
             skips.append(feat)
             feat = self.downs[i](feat)
         feat = run_stage(depth, feat)
-        airlight = None if self.airlight is None else self.airlight(feat)
+        airlight = None if self.airlight is None else self.airlight(feat, x, density)
         for i in range(depth):
             feat = self.fuses[i](self.ups[i](feat), skips[depth - 1 - i])
             feat = run_stage(depth + 1 + i, feat)

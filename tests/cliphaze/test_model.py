@@ -13,7 +13,7 @@ from cliphaze.config import VARIANTS, ClipHazeConfig, ConfigError, StageConfig, 
 from cliphaze.factory import create_model, list_models
 from cliphaze.layers.ss2d import SS2D
 from cliphaze.layers.window_attention import WindowAttention
-from cliphaze.model import ClipHazeNet, GuidanceError, reconstruct
+from cliphaze.model import AirlightHead, ClipHazeNet, GuidanceError, reconstruct
 
 TINY = VARIANTS["cliphaze-tiny"]
 SEMANTIC = TINY.guidance.semantic_dim
@@ -93,6 +93,25 @@ def test_airlight_head_starts_neutral_then_adds_one_airlight_per_image() -> None
     per_image = (offset * k0).sum(dim=(2, 3), keepdim=True) / k0.square().sum(dim=(2, 3), keepdim=True)  # LSQ fit
     torch.testing.assert_close(offset, k0 * per_image, atol=1e-5, rtol=1e-4)
     assert offset.abs().max() > 1e-2 and (per_image[0] - per_image[1]).abs().max() > 1e-3
+
+
+def test_airlight_head_sees_the_colour_of_the_haziest_part() -> None:
+    head = AirlightHead(dim=4, hidden=8)
+    seen: list[torch.Tensor] = []
+    head.mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.full((2, 3, 32, 32), -0.5)
+    x[:, :, :16, :16] = torch.tensor([0.9, 0.8, 0.7])[:, None, None]  # bright top-left quarter
+    density = torch.zeros(2, 1, 2, 2)
+    density[0, 0, 0, 0] = 1.0  # image 0: haze only over the bright quarter
+    density[1, 0, 1, 1] = 1.0  # image 1: haze only over the dark quarter
+    head(torch.randn(2, 4, 4, 4), x, density)
+    head(torch.randn(2, 4, 4, 4), x, None)
+    mean, coarse_max, coarse_min, hazy = seen[0][:, 8:].split(3, dim=1)
+    torch.testing.assert_close(mean[0], (torch.tensor([0.9, 0.8, 0.7]) - 1.5) / 4)
+    torch.testing.assert_close(coarse_max[0], torch.tensor([0.9, 0.8, 0.7]))
+    torch.testing.assert_close(coarse_min[0], torch.full((3,), -0.5))
+    torch.testing.assert_close(hazy, torch.stack([torch.tensor([0.9, 0.8, 0.7]), torch.full((3,), -0.5)]))
+    torch.testing.assert_close(seen[1][:, -3:], mean)  # no density map: the mean colour stands in
 
 
 def test_batch_one_guidance_broadcasts(model: ClipHazeNet) -> None:

@@ -90,10 +90,12 @@ class AirlightHead(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        inputs = 2 * dim + len(AIRLIGHT_COLOUR_STATS) * 3
-        self.mlp = nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, 3))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        stats = len(AIRLIGHT_COLOUR_STATS) * 3
+        self.mlp = nn.Sequential(nn.Linear(2 * dim + stats, hidden), nn.GELU(), nn.Linear(hidden, 3))
+        self.colour = nn.Linear(stats, 3)  # direct path: the airlight is close to a linear map of these
+        for layer in (self.mlp[-1], self.colour):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, feat: torch.Tensor, x: torch.Tensor, density: torch.Tensor | None) -> torch.Tensor:
         """feat (B, C, h, w), the input x (B, 3, H, W) in [-1, 1], density (B, 1, h', w') or None -> (B, 3)."""
@@ -105,9 +107,9 @@ class AirlightHead(nn.Module):
             weight = density.float().square()
             colour = F.adaptive_avg_pool2d(x, density.shape[-2:])
             hazy_colour = (colour * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp(min=1e-6)
-        stats = (mean, coarse.amax(dim=(2, 3)), coarse.amin(dim=(2, 3)), hazy_colour.to(x.dtype))
-        pooled = torch.cat([feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), *stats], dim=1)
-        return self.mlp(pooled)
+        stats = torch.cat([mean, coarse.amax(dim=(2, 3)), coarse.amin(dim=(2, 3)), hazy_colour.to(x.dtype)], dim=1)
+        pooled = torch.cat([feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), stats], dim=1)
+        return self.mlp(pooled) + self.colour(stats)
 
 
 class ClipHazeNet(nn.Module):

@@ -46,6 +46,8 @@ VAL_HAZE_SEED = 20240822
 # Held-out crops (centre, this side) used for the cheap in-training validation.
 VAL_CROP_PX = 192
 VAL_IMAGES_DURING_TRAINING = 6
+# The airlight head is new on a trained network: its lr is this multiple of the peak lr.
+AIRLIGHT_LR_MULT = 10.0
 
 
 def stage1_config(steps: int) -> ClipStageConfig:
@@ -53,13 +55,14 @@ def stage1_config(steps: int) -> ClipStageConfig:
 
 
 def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, ema: float,
-                  field_loss: float, seed: int = TRAIN_SEED) -> TrainConfig:
+                  field_loss: float, seed: int = TRAIN_SEED, airlight_lr_mult: float = 1.0) -> TrainConfig:
     return TrainConfig(
         variant=VARIANT,
         steps=steps,
         batch_size=batch,
         augment=AugmentConfig(crop_px=crop_px, hflip=True),
-        optim=OptimConfig(lr=lr, warmup_steps=min(20, steps // 10 + 1), min_lr_ratio=0.05, grad_clip_norm=1.0),
+        optim=OptimConfig(lr=lr, warmup_steps=min(20, steps // 10 + 1), min_lr_ratio=0.05, grad_clip_norm=1.0,
+                          airlight_lr_mult=airlight_lr_mult),
         ema_decay=ema,
         field_loss_weight=field_loss,
         amp="off",
@@ -166,7 +169,8 @@ def main() -> None:
     logger.info("stage 1: %s", stage1.stats)
     encoder = stage1.encoder
 
-    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema, args.field_loss, args.seed)
+    config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema, args.field_loss, args.seed,
+                           AIRLIGHT_LR_MULT if args.global_airlight else 1.0)
     init_model = None
     if args.global_airlight:
         from cliphaze.config import get_config

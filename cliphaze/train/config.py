@@ -34,6 +34,7 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr
     min_lr_ratio: float = 1e-2  # cosine ends at lr * min_lr_ratio
     grad_clip_norm: float = 1.0  # max global L2 norm of the gradients; 0 = no clipping
+    airlight_lr_mult: float = 1.0  # lr x this for the airlight head (a new head on a trained net catches up)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -41,6 +42,7 @@ class OptimConfig:
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
         _check(self.grad_clip_norm >= 0, "grad_clip_norm must be >= 0")
+        _check(self.airlight_lr_mult > 0, "airlight_lr_mult must be > 0")
 
 
 @dataclass(frozen=True)

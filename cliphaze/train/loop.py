@@ -96,21 +96,27 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weights, and 1-D tensors / biases / A_log / D without decay."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, airlight_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: decayed weights, and 1-D tensors / biases / A_log / D without decay; the airlight
+    head's parameters (``airlight.``) in their own pair of groups with ``lr_mult`` = ``airlight_lr_mult``."""
+    # (head, decayed) in this order, so states of nets without the head keep their two groups.
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {(False, True): [], (False, False): [],
+                                                                 (True, True): [], (True, False): []}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.requires_grad:
+            decayed = not (p.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES))
+            groups[(name.startswith("airlight."), decayed)].append(p)
+    return [{"params": params, "weight_decay": weight_decay if decayed else 0.0,
+             "lr_mult": airlight_lr_mult if head else 1.0}
+            for (head, decayed), params in groups.items() if params or not head]
 
 
 def build_objects(model: ClipHazeNet, config: TrainConfig, device: torch.device) -> TrainObjects:
     """Optimizer, scheduler, grad scaler and EMA for ``model``."""
-    optimizer = torch.optim.AdamW(
-        param_groups(model, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas
-    )
+    groups = param_groups(model, config.optim.weight_decay, config.optim.airlight_lr_mult)
+    for group in groups:
+        group["lr"] = config.optim.lr * group.pop("lr_mult")
+    optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, betas=config.optim.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     use_scaler = resolve_amp(config.amp, device) == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from cliphaze.guidance_types import Guidance
 from cliphaze.train.config import CheckpointConfig, OptimConfig, TrainConfig, ValidationConfig
 from cliphaze.train.data import AugmentConfig, SyntheticHazeDataset
-from cliphaze.train.loop import lr_factor, train_network
+from cliphaze.train.loop import build_objects, lr_factor, train_network
 from cliphaze.train.state import ResumeError, latest_state, read_state
 from cliphaze.train.synthetic import HazeConfig
 
@@ -78,6 +79,25 @@ def test_field_supervision_adds_the_scattering_term(tmp_path: Path) -> None:
                            progress=False)  # fmt: skip
     # same init, same batch: the only difference is the (positive) field term on the first step
     assert fields.history[0]["loss"] > plain.history[0]["loss"] > 0
+
+
+def test_airlight_head_has_its_own_lr_and_learns(tmp_path: Path) -> None:
+    from cliphaze.config import get_config
+    from cliphaze.factory import create_model
+
+    plain = build_objects(create_model("cliphaze-tiny"), _config(tmp_path, 1), torch.device("cpu"))
+    assert [g["weight_decay"] for g in plain.optimizer.param_groups] == [0.01, 0.0]  # resume states keep 2 groups
+    config = _config(tmp_path, 2, field_loss_weight=1.0)
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, airlight_lr_mult=10.0))
+    torch.manual_seed(0)
+    net = create_model(get_config("cliphaze-tiny").replace(global_airlight=True))
+    groups = build_objects(net, config, torch.device("cpu")).optimizer.param_groups
+    head = {id(p) for p in net.airlight.parameters()}
+    head_lrs = {g["lr"] for g in groups if all(id(p) in head for p in g["params"])}
+    body_lrs = {g["lr"] for g in groups if not any(id(p) in head for p in g["params"])}
+    assert len(groups) == 4 and head_lrs == {config.optim.lr * 10.0} and body_lrs == {config.optim.lr}
+    result = train_network(config, _dataset(), guidance_fn=_density, model=net, progress=False)
+    assert result.raw_model.airlight.colour.weight.abs().max() > 0.01  # from zero, at the head's lr
 
 
 @pytest.mark.slow

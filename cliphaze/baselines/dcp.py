@@ -1,10 +1,14 @@
 """``dcp``: He et al.'s dark channel prior with a fast guided filter, real time on a CPU.
 
 The transmission is estimated at reduced resolution (the working height, or ``scale`` x the frame,
-whichever is smaller) and brought back to full resolution by the fast guided filter
-(``kornia.filters.guided_blur`` with ``subsample``), guided by the full-resolution grey image. The
+whichever is smaller: the frame is block-averaged to it) and brought back to full resolution by the fast
+guided filter: the filter's linear coefficients are solved at the working resolution (box means by
+running sums), upsampled bilinearly and applied to the full-resolution grey image. The
 atmospheric light is the mean colour of the brightest 0.1 % of the dark channel, smoothed over time by
 an EMA whose state lives in the instance (one instance per stream).
+
+Only two passes touch every pixel: the block average and the final restoration. On the CPU both run as
+fused numba kernels (``cliphaze.baselines.dcp_cpu``); elsewhere, or without numba, as torch ops.
 
 References: He, Sun, Tang, "Single Image Haze Removal Using Dark Channel Prior" (CVPR 2009);
 He, Sun, "Fast Guided Filter" (arXiv 1505.00996).
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cliphaze.baselines import dcp_cpu
 from cliphaze.guidance_types import Guidance
 
 logger = logging.getLogger(__name__)
@@ -60,7 +65,8 @@ def _odd_at_least_3(value: float) -> int:
 
 
 def dark_channel(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """Dark channel: min over colour channels, then a ``patch`` x ``patch`` min filter.
+    """Dark channel: min over colour channels, then a ``patch`` x ``patch`` min filter (borders: the window
+    is cut to the image).
 
     Args:
         images: (N, 3, H, W), any value range.
@@ -69,10 +75,38 @@ def dark_channel(images: torch.Tensor, patch: int) -> torch.Tensor:
     Returns:
         (N, 1, H, W) in the range of ``images``.
     """
-    neg = -images.amin(dim=1, keepdim=True)
-    # Separable min filter: a row pass then a column pass (same result, about half the cost).
-    neg = F.max_pool2d(neg, kernel_size=(1, patch), stride=1, padding=(0, patch // 2))
-    return -F.max_pool2d(neg, kernel_size=(patch, 1), stride=1, padding=(patch // 2, 0))
+    return min_filter(images.amin(dim=1, keepdim=True), patch)
+
+
+def min_filter(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``patch`` x ``patch`` sliding minimum of (..., H, W), separable, as ``patch - 1`` elementwise minima per
+    axis over shifted views (faster than ``max_pool2d`` on the CPU for the small windows DCP uses)."""
+    radius = patch // 2
+    if radius == 0:
+        return x
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (radius, radius, 0, 0), value=float("inf"))
+    rows = padded[..., 0:width]
+    for shift in range(1, 2 * radius + 1):
+        rows = torch.minimum(rows, padded[..., shift : shift + width])
+    padded = F.pad(rows, (0, 0, radius, radius), value=float("inf"))
+    out = padded[..., 0:height, :]
+    for shift in range(1, 2 * radius + 1):
+        out = torch.minimum(out, padded[..., shift : shift + height, :])
+    return out
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over the (2 radius + 1)^2 window of (N, C, H, W), reflect borders (as ``kornia.filters.box_blur``
+    with ``"reflect"``), by running sums in float64: O(1) per pixel whatever the radius. Needs radius < H, W."""
+    if radius == 0:
+        return x
+    kernel = 2 * radius + 1
+    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect").double()
+    sums = F.pad(padded.cumsum(-1), (1, 0))
+    rows = sums[..., kernel:] - sums[..., :-kernel]
+    sums = F.pad(rows.cumsum(-2), (0, 0, 1, 0))
+    return ((sums[..., kernel:, :] - sums[..., :-kernel, :]) / kernel**2).to(x.dtype)
 
 
 def estimate_airlight(images: torch.Tensor, dark: torch.Tensor, top_fraction: float) -> torch.Tensor:
@@ -99,9 +133,11 @@ class DarkChannelDehazer:
 
     name = "dcp"
 
-    def __init__(self, device: torch.device | str = "cpu", config: DcpConfig | None = None) -> None:
+    def __init__(self, device: torch.device | str = "cpu", config: DcpConfig | None = None, *,
+                 use_numba: bool = True) -> None:  # fmt: skip
         self.device = torch.device(device)
         self.config = config or DcpConfig()
+        self.use_numba = use_numba  # CPU only: the fused numba passes (False: the torch path, e.g. for parity tests)
         self._airlight: torch.Tensor | None = None  # (3,) EMA state in [0, 255]
 
     @property
@@ -128,42 +164,44 @@ class DarkChannelDehazer:
         self._airlight = state
         return out
 
-    def _transmission(self, images: torch.Tensor, scale: float, *, smooth: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Refined full-resolution transmission and the airlight used.
+    def _working_image(self, frames: torch.Tensor, scale: float) -> tuple[torch.Tensor, int]:
+        """The frame at the working resolution, (N, 3, H // sub, W // sub) float in [0, 255], and ``sub``."""
+        sub = self._subsample(frames.shape[1], scale)
+        kernels = self._cpu_kernels()
+        if sub == 1:
+            small = frames.float()
+        elif kernels is not None:
+            small = dcp_cpu.block_mean(kernels, frames, sub)
+        else:
+            small = F.avg_pool2d(frames.permute(0, 3, 1, 2).float(), sub).permute(0, 2, 3, 1)
+        return small.permute(0, 3, 1, 2), sub
+
+    def _estimate(self, frames: torch.Tensor, scale: float, *, smooth: bool) -> _Estimate:
+        """Airlight and the guided filter's coefficients of the transmission, at the working resolution.
 
         Args:
-            images: (N, H, W, 3) float in [0, 255] (channels last: every full-frame pass stays contiguous).
+            frames: (N, H, W, 3) uint8 RGB.
             scale: upper bound of the working resolution relative to the frame.
             smooth: update and use the airlight EMA (False: per-frame airlight, state untouched).
-
-        Returns:
-            t: (N, 1, H, W) in [t0, 1]; airlight: (N, 3) in [0, 255].
         """
         cfg = self.config
-        height = images.shape[1]
-        sub = self._subsample(height, scale)
-        planar = images.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels-last memory
-        small = F.avg_pool2d(planar, sub) if sub > 1 else planar
+        small, sub = self._working_image(frames, scale)
         patch = _odd_at_least_3(cfg.patch_px / sub)
         dark = dark_channel(small, patch)
         airlight = estimate_airlight(small, dark, cfg.top_fraction)
         if smooth:
             airlight = self._smooth_airlight(airlight)
         airlight = airlight.clamp(cfg.airlight_min * PIXEL_MAX, PIXEL_MAX)
-        t_small = 1.0 - cfg.omega * dark_channel(small / airlight[:, :, None, None], patch)
-        weights = torch.tensor(LUMA_WEIGHTS, device=images.device, dtype=images.dtype)
-        grey = (images @ weights).unsqueeze(1)  # (N, 1, H, W) in [0, 255]
-        if sub > 1:
-            # The fast guided filter subsamples its input again; nearest upsampling makes that a lookup.
-            t_full = F.interpolate(t_small, size=images.shape[1:3], mode="nearest")
-        else:
-            t_full = t_small.contiguous()
-        from kornia.filters import guided_blur
-
-        kernel = 2 * cfg.guide_radius_px + 1
+        t_raw = 1.0 - cfg.omega * dark_channel(small / airlight[:, :, None, None], patch)
+        weights = torch.tensor(LUMA_WEIGHTS, device=small.device, dtype=small.dtype)
+        grey = torch.einsum("nchw,c->nhw", small, weights).unsqueeze(1)  # (N, 1, h, w) in [0, 255]
+        radius = max(1, round(cfg.guide_radius_px / sub))
         eps = cfg.guide_eps * PIXEL_MAX**2  # eps is in squared guide units
-        t = guided_blur(grey, t_full, kernel, eps, subsample=sub, separable=True)
-        return t.clamp_(cfg.t0, 1.0), airlight
+        mean_a, mean_b = guided_filter_coefficients(grey, t_raw, radius, eps)
+        return _Estimate(mean_a=mean_a, mean_b=mean_b, airlight=airlight, grey=grey)
+
+    def _cpu_kernels(self) -> dcp_cpu.DcpKernels | None:
+        return dcp_cpu.get_kernels() if self.device.type == "cpu" and self.use_numba else None
 
     @torch.no_grad()
     def encode_guidance(self, frames: torch.Tensor) -> Guidance:
@@ -175,12 +213,13 @@ class DarkChannelDehazer:
         Returns:
             Guidance with ``density`` (N, 1, 7, 7) in [0, 1] and no tokens.
         """
-        t, _ = self._transmission(frames.float(), 1.0, smooth=False)
+        est = self._estimate(frames, 1.0, smooth=False)
+        t = torch.addcmul(est.mean_b, est.mean_a, est.grey).clamp_(self.config.t0, 1.0)
         return Guidance(density=F.adaptive_avg_pool2d(1.0 - t, DENSITY_GRID))
 
     @torch.no_grad()
     def restore(self, frames: torch.Tensor, guidance: Guidance | None, *, scale: float = 1.0) -> torch.Tensor:
-        """Dehazed frames J = (I - A) / max(t, t0) + A, computed as I / t + A (1 - 1 / t).
+        """Dehazed frames J = (I - A) / max(t, t0) + A.
 
         Args:
             frames: (N, H, W, 3) uint8 RGB on ``device``.
@@ -191,9 +230,67 @@ class DarkChannelDehazer:
             (N, H, W, 3) uint8 RGB on ``device``.
         """
         # DCP is scale-invariant in I/A, so it works on raw 0..255 values: no range mapping pass.
-        images = frames.float()
-        t, airlight = self._transmission(images, scale, smooth=True)
-        inv_t = t.reciprocal_().permute(0, 2, 3, 1)  # (N, H, W, 1)
-        restored = (1.0 - inv_t) * airlight[:, None, None, :]
-        restored.addcmul_(images, inv_t)
-        return restored.clamp_(0.0, PIXEL_MAX).round_().to(torch.uint8)
+        est = self._estimate(frames, scale, smooth=True)
+        kernels = self._cpu_kernels()
+        if kernels is not None:
+            return dcp_cpu.restore(kernels, frames, est.mean_a, est.mean_b, est.airlight, LUMA_WEIGHTS, self.config.t0)
+        return apply_transmission(frames, est, self.config.t0)
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """What DCP estimates at the working resolution (h, w) of N frames.
+
+    The full-resolution transmission is ``t = up(mean_a) * grey + up(mean_b)`` (He and Sun's fast guided
+    filter), with ``up`` bilinear upsampling and ``grey`` the full-resolution luma in [0, 255].
+    """
+
+    mean_a: torch.Tensor  # (N, 1, h, w)
+    mean_b: torch.Tensor  # (N, 1, h, w)
+    airlight: torch.Tensor  # (N, 3) in [0, 255]
+    grey: torch.Tensor  # (N, 1, h, w) luma of the working image, in [0, 255]
+
+
+def guided_filter_coefficients(
+    guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-averaged linear coefficients of the guided filter (He, Sun, Tang 2010): ``q = mean_a * guide + mean_b``.
+
+    Args:
+        guide: (N, 1, h, w) grey guide.
+        source: (N, 1, h, w) the image to filter.
+        radius: window radius in pixels (reduced to fit the image).
+        eps: regularisation, in squared guide units.
+
+    Returns:
+        mean_a, mean_b: (N, 1, h, w) each.
+    """
+    radius = max(0, min(radius, guide.shape[-2] - 1, guide.shape[-1] - 1))  # reflect padding needs pad < size
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return box_mean(x, radius)
+
+    mean_i = box(guide)
+    var_i = torch.addcmul(box(guide * guide), mean_i, mean_i, value=-1)
+    mean_p = box(source)
+    cov_ip = torch.addcmul(box(guide * source), mean_i, mean_p, value=-1)
+    a = cov_ip / (var_i + eps)
+    b = torch.addcmul(mean_p, a, mean_i, value=-1)
+    return box(a), box(b)
+
+
+def apply_transmission(frames: torch.Tensor, est: _Estimate, t0: float) -> torch.Tensor:
+    """Torch path of the full-resolution pass (any device): uint8 (N, H, W, 3) -> dehazed uint8 (N, H, W, 3)."""
+    size = frames.shape[1:3]
+    images = frames.float()
+    weights = torch.tensor(LUMA_WEIGHTS, device=images.device, dtype=images.dtype)
+    grey = images @ weights  # (N, H, W)
+    if est.mean_a.shape[-2:] != size:
+        mean_a = F.interpolate(est.mean_a, size=size, mode="bilinear", align_corners=False)[:, 0]
+        mean_b = F.interpolate(est.mean_b, size=size, mode="bilinear", align_corners=False)[:, 0]
+    else:
+        mean_a, mean_b = est.mean_a[:, 0], est.mean_b[:, 0]
+    inv_t = torch.addcmul(mean_b, mean_a, grey).clamp_(t0, 1.0).reciprocal_().unsqueeze(-1)  # (N, H, W, 1)
+    restored = (1.0 - inv_t) * est.airlight[:, None, None, :]
+    restored.addcmul_(images, inv_t)
+    return restored.clamp_(0.0, PIXEL_MAX).round_().to(torch.uint8)

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_CHOICES = ("auto", "cliphaze", "dcp", "none")
 DEFAULT_BUNDLE = "cliphaze-t.safetensors"  # trained default shipped under cliphaze/weights/
-# The shipped cliphaze-t is a CPU-trained preview: on the held-out content it gains 7.0-8.7 dB over the
-# hazy input, +1.3 dB / -0.6 dB against dcp (docs/model-card.md; the bar is 2 dB above), and it runs at
+# The shipped cliphaze-t is a CPU-trained preview: on the held-out content it gains 7.5-8.8 dB over the
+# hazy input, +1.9 dB / -0.4 dB against dcp (docs/model-card.md; the bar is 2 dB above), and it runs at
 # seconds per frame on a CPU. Until a bundle beats dcp, ``auto`` keeps dcp; flip this when one does.
 SHIPPED_BUNDLE_IS_DEFAULT = False
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

@@ -98,7 +98,10 @@ def min_filter(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over the (2 radius + 1)^2 window of (N, C, H, W), reflect borders (as ``kornia.filters.box_blur``
-    with ``"reflect"``), by running sums in float64: O(1) per pixel whatever the radius. Needs radius < H, W."""
+    with ``"reflect"``), by running sums in float64: O(1) per pixel whatever the radius. Needs radius < H, W.
+
+    Not ``box_blur`` itself: its convolution took ~0.45 ms per call on a 180x320 map here, 5 of DCP's 20 ms per
+    720p frame for the six box means of the guided filter."""
     if radius == 0:
         return x
     kernel = 2 * radius + 1
@@ -168,13 +171,10 @@ class DarkChannelDehazer:
         """The frame at the working resolution, (N, 3, H // sub, W // sub) float in [0, 255], and ``sub``."""
         sub = self._subsample(frames.shape[1], scale)
         kernels = self._cpu_kernels()
-        if sub == 1:
-            small = frames.float()
-        elif kernels is not None:
-            small = dcp_cpu.block_mean(kernels, frames, sub)
-        else:
-            small = F.avg_pool2d(frames.permute(0, 3, 1, 2).float(), sub).permute(0, 2, 3, 1)
-        return small.permute(0, 3, 1, 2), sub
+        if kernels is not None and sub > 1:
+            return dcp_cpu.block_mean(kernels, frames, sub).permute(0, 3, 1, 2), sub
+        planar = frames.permute(0, 3, 1, 2).float()
+        return (F.avg_pool2d(planar, sub) if sub > 1 else planar), sub
 
     def _estimate(self, frames: torch.Tensor, scale: float, *, smooth: bool) -> _Estimate:
         """Airlight and the guided filter's coefficients of the transmission, at the working resolution.
@@ -266,17 +266,13 @@ def guided_filter_coefficients(
         mean_a, mean_b: (N, 1, h, w) each.
     """
     radius = max(0, min(radius, guide.shape[-2] - 1, guide.shape[-1] - 1))  # reflect padding needs pad < size
-
-    def box(x: torch.Tensor) -> torch.Tensor:
-        return box_mean(x, radius)
-
-    mean_i = box(guide)
-    var_i = torch.addcmul(box(guide * guide), mean_i, mean_i, value=-1)
-    mean_p = box(source)
-    cov_ip = torch.addcmul(box(guide * source), mean_i, mean_p, value=-1)
+    mean_i = box_mean(guide, radius)
+    var_i = torch.addcmul(box_mean(guide * guide, radius), mean_i, mean_i, value=-1)
+    mean_p = box_mean(source, radius)
+    cov_ip = torch.addcmul(box_mean(guide * source, radius), mean_i, mean_p, value=-1)
     a = cov_ip / (var_i + eps)
     b = torch.addcmul(mean_p, a, mean_i, value=-1)
-    return box(a), box(b)
+    return box_mean(a, radius), box_mean(b, radius)
 
 
 def apply_transmission(frames: torch.Tensor, est: _Estimate, t0: float) -> torch.Tensor:

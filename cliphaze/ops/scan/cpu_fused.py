@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cliphaze.ops.scan.base import (
     BackendUnavailable,
@@ -41,12 +42,12 @@ logger = logging.getLogger(__name__)
 
 # Time steps between saved states; the backward recomputes at most this many states per chunk.
 CHECKPOINT_STEPS = 64
-# Above this, softplus(x) == x to float precision (torch.nn.functional.softplus's default threshold).
-SOFTPLUS_THRESHOLD = 20.0
 # The backward aims for at least this many parallel jobs per numba thread (load balance).
 JOBS_PER_THREAD = 4
 # fastmath flags of the parallel kernels (see _build_kernels); no nnan/ninf: NaN and inf still propagate.
 KERNEL_FASTMATH = frozenset({"reassoc", "contract"})
+# ... and of the exp helpers: fused multiply-adds, no reassociation (the range reduction must stay ordered).
+EXP_FASTMATH = frozenset({"contract"})
 # Fast float32 exp: arguments are clamped to this range (below: ~1e-38 instead of a denormal or 0; above:
 # ~1.6e38 instead of inf); ln 2 split in a high part exact in a few bits and a low correction (Cody-Waite).
 EXP_ARG_MIN = -87.0
@@ -78,9 +79,10 @@ class FusedKernels:
 def _build_kernels(numba: Any, started: float) -> FusedKernels:
     """Jit the kernels and run them once on tiny inputs so compile errors surface here."""
     # reassoc/contract let LLVM vectorise the N-state dot products and use FMAs (summation order changes at
-    # float rounding level); the exp helpers below are compiled strictly, so their range reduction survives.
+    # float rounding level); the exp helpers below are compiled with contract only (FMAs, x1.2 on the forward
+    # kernel; an FMA only makes the Cody-Waite reduction more exact), never reassociated, so it survives.
     jit = numba.njit(parallel=True, fastmath=set(KERNEL_FASTMATH), cache=True)
-    strict = numba.njit(fastmath=False, cache=True)
+    strict = numba.njit(fastmath=set(EXP_FASTMATH), cache=True)
 
     @strict
     def exp_parts(x):
@@ -122,7 +124,7 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                     abuf[i, n] = np.exp(dtbuf[i] * A[d, n])
 
     @jit
-    def forward_kernel(u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, fast_exp, ck_len, out, ckpt, last):
+    def forward_kernel(u, delta, A, bmat, cmat, dskip, z, has_z, fast_exp, ck_len, out, ckpt, last):
         """Forward scan, parallel over (batch, channel); the N states live in a small local array.
 
         Time runs in chunks of ck_len steps: the chunk's step sizes and decays exp(dt * A) are computed
@@ -151,10 +153,7 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                 steps = min(length, t0 + ck_len) - t0
                 ckpt[bi, d, k, :] = h
                 for i in range(steps):
-                    dt = delta[bi, d, t0 + i] + bias[d]
-                    if softplus and dt <= SOFTPLUS_THRESHOLD:
-                        dt = np.log1p(np.exp(dt))
-                    dtbuf[i] = dt
+                    dtbuf[i] = delta[bi, d, t0 + i]
                 decay_block(dtbuf, A, d, steps, fast_exp, abuf, ebuf)
                 for i in range(steps):
                     t = t0 + i
@@ -177,8 +176,8 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
 
     @jit
     def backward_kernel(
-        u, delta, A, bmat, cmat, dskip, z, bias, softplus, has_z, fast_exp, ck_len, ckpt, gout, block,
-        gu, gdelta, gz, ga_part, gd_part, gbias_part, gb_part, gc_part,
+        u, delta, A, bmat, cmat, dskip, z, has_z, fast_exp, ck_len, ckpt, gout, block,
+        gu, gdelta, gz, ga_part, gd_part, gb_part, gc_part,
     ):  # fmt: skip
         """Reverse-time backward, parallel over (batch, block of ``block`` channels inside one B and one C group).
 
@@ -210,16 +209,12 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                 gh[:] = 0.0
                 ga_acc[:] = 0.0
                 gd_acc = 0.0
-                gbias_acc = 0.0
                 for k in range(n_ck - 1, -1, -1):
                     t0 = k * ck_len
                     t1 = min(length, t0 + ck_len)
                     hbuf[0, :] = ckpt[bi, d, k, :]
                     for t in range(t0, t1):
-                        dt = delta[bi, d, t] + bias[d]
-                        if softplus and dt <= SOFTPLUS_THRESHOLD:
-                            dt = np.log1p(np.exp(dt))
-                        dtbuf[t - t0] = dt
+                        dtbuf[t - t0] = delta[bi, d, t]
                     decay_block(dtbuf, A, d, t1 - t0, fast_exp, abuf, ebuf)
                     for t in range(t0, t1):
                         i = t - t0
@@ -259,16 +254,10 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                             gb_part[bi, blk, tb, n] += g * dtu
                             gu_t += g * dt * bn
                             gh[n] = g * a
-                        if softplus:
-                            raw = delta[bi, d, t] + bias[d]
-                            if raw <= SOFTPLUS_THRESHOLD:
-                                gdt = gdt / (1.0 + math.exp(-raw))
                         gdelta[bi, d, t] = gdt
-                        gbias_acc += gdt
                         gu[bi, d, t] = gu_t
                 ga_part[bi, d, :] = ga_acc
                 gd_part[bi, d] = gd_acc
-                gbias_part[bi, d] = gbias_acc
 
     @strict
     def scan_pos(k, l, height, width, length):
@@ -281,12 +270,12 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
         return l
 
     @jit
-    def cross_forward_kernel(u, delta, A, bmat, cmat, dskip, bias, softplus, fast_exp, ck_len, height, width,
+    def cross_forward_kernel(u, delta, A, bmat, cmat, dskip, fast_exp, ck_len, height, width,
                              out, ckpt):  # fmt: skip
         """SS2D's four scans of one channel in one job, read and merged in place (no cross-scan copies).
 
         u (b, D, L) and out (b, D, L, zeroed) are row-major grids; delta (b, K, D, L) and B/C (b, K, L, N)
-        hold each direction's values at row-major positions; A, dskip, bias are per (k, d) = k * D + d.
+        hold each direction's values at row-major positions; A, dskip are per (k, d) = k * D + d.
         out[b, d, p] = sum over k of direction k's output at position p.
         """
         n_batch, dim, length = u.shape
@@ -311,10 +300,7 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                     for i in range(steps):
                         pos = scan_pos(k, t0 + i, height, width, length)
                         posbuf[i] = pos
-                        dt = delta[bi, k, d, pos] + bias[kd]
-                        if softplus and dt <= SOFTPLUS_THRESHOLD:
-                            dt = np.log1p(np.exp(dt))
-                        dtbuf[i] = dt
+                        dtbuf[i] = delta[bi, k, d, pos]
                     decay_block(dtbuf, A, kd, steps, fast_exp, abuf, ebuf)
                     for i in range(steps):
                         pos = posbuf[i]
@@ -329,8 +315,8 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
 
     @jit
     def cross_backward_kernel(
-        u, delta, A, bmat, cmat, dskip, bias, softplus, fast_exp, ck_len, height, width, ckpt, gout, block,
-        gu, gdelta, ga_part, gd_part, gbias_part, gb_part, gc_part,
+        u, delta, A, bmat, cmat, dskip, fast_exp, ck_len, height, width, ckpt, gout, block,
+        gu, gdelta, ga_part, gd_part, gb_part, gc_part,
     ):  # fmt: skip
         """Reverse-time backward of cross_forward_kernel, parallel over (batch, block of channels).
 
@@ -358,7 +344,6 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                     gh[:] = 0.0
                     ga_acc[:] = 0.0
                     gd_acc = 0.0
-                    gbias_acc = 0.0
                     for c in range(n_ck - 1, -1, -1):
                         t0 = c * ck_len
                         t1 = min(length, t0 + ck_len)
@@ -366,10 +351,7 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                         for t in range(t0, t1):
                             pos = scan_pos(k, t, height, width, length)
                             posbuf[t - t0] = pos
-                            dt = delta[bi, k, d, pos] + bias[kd]
-                            if softplus and dt <= SOFTPLUS_THRESHOLD:
-                                dt = np.log1p(np.exp(dt))
-                            dtbuf[t - t0] = dt
+                            dtbuf[t - t0] = delta[bi, k, d, pos]
                         decay_block(dtbuf, A, kd, t1 - t0, fast_exp, abuf, ebuf)
                         for i in range(t1 - t0):
                             pos = posbuf[i]
@@ -397,16 +379,10 @@ def _build_kernels(numba: Any, started: float) -> FusedKernels:
                                 gb_part[bi, blk, k, pos, n] += g * dtu
                                 gu_t += g * dt * bn
                                 gh[n] = g * a
-                            if softplus:
-                                raw = delta[bi, k, d, pos] + bias[kd]
-                                if raw <= SOFTPLUS_THRESHOLD:
-                                    gdt = gdt / (1.0 + math.exp(-raw))
                             gdelta[bi, k, d, pos] = gdt
-                            gbias_acc += gdt
                             gu[bi, d, pos] += gu_t
                     ga_part[bi, kd, :] = ga_acc
                     gd_part[bi, kd] = gd_acc
-                    gbias_part[bi, kd] = gbias_acc
 
     kernels = FusedKernels(forward_kernel, backward_kernel, cross_forward_kernel, cross_backward_kernel,
                            numba.get_num_threads(), 0.0)  # build_s set below
@@ -429,11 +405,11 @@ def _run_tiny(kernels: FusedKernels, dtype: type) -> None:
     out = np.empty(shape, dtype=dtype)
     last = np.empty((1, 2, n_state), dtype=dtype)
     fast = dtype == np.float32
-    kernels.forward(u, delta, A, bmat, bmat, vec, z, vec, True, True, fast, CHECKPOINT_STEPS, out, ckpt, last)
+    kernels.forward(u, delta, A, bmat, bmat, vec, z, True, fast, CHECKPOINT_STEPS, out, ckpt, last)
     grads = [np.empty(shape, dtype=dtype) for _ in range(3)]
-    parts = [np.zeros((1, 2, n_state), dtype=dtype), np.zeros((1, 2), dtype=dtype), np.zeros((1, 2), dtype=dtype)]
+    parts = [np.zeros((1, 2, n_state), dtype=dtype), np.zeros((1, 2), dtype=dtype)]
     bc_parts = [np.zeros((1, 2, 3, n_state), dtype=dtype) for _ in range(2)]
-    kernels.backward(u, delta, A, bmat, bmat, vec, z, vec, True, True, fast, CHECKPOINT_STEPS, ckpt, out, 1,
+    kernels.backward(u, delta, A, bmat, bmat, vec, z, True, fast, CHECKPOINT_STEPS, ckpt, out, 1,
                      *grads, *parts, *bc_parts)  # fmt: skip
     # SS2D cross kernels on a 1x3 grid (L = 3), 4 directions of 2 channels.
     n_dir = 4
@@ -443,11 +419,10 @@ def _run_tiny(kernels: FusedKernels, dtype: type) -> None:
     cvec = np.ones(n_dir * 2, dtype=dtype)
     cckpt = np.empty((1, n_dir * 2, 1, n_state), dtype=dtype)
     cout = np.zeros(shape, dtype=dtype)
-    kernels.cross_forward(u, cdelta, ca, cbc, cbc, cvec, cvec, True, fast, CHECKPOINT_STEPS, 1, 3, cout, cckpt)
-    cparts = [np.zeros((1, n_dir * 2, n_state), dtype=dtype), np.zeros((1, n_dir * 2), dtype=dtype),
-              np.zeros((1, n_dir * 2), dtype=dtype)]
+    kernels.cross_forward(u, cdelta, ca, cbc, cbc, cvec, fast, CHECKPOINT_STEPS, 1, 3, cout, cckpt)
+    cparts = [np.zeros((1, n_dir * 2, n_state), dtype=dtype), np.zeros((1, n_dir * 2), dtype=dtype)]
     cbc_parts = [np.zeros((1, 2, n_dir, 3, n_state), dtype=dtype) for _ in range(2)]
-    kernels.cross_backward(u, cdelta, ca, cbc, cbc, cvec, cvec, True, fast, CHECKPOINT_STEPS, 1, 3, cckpt, cout, 1,
+    kernels.cross_backward(u, cdelta, ca, cbc, cbc, cvec, fast, CHECKPOINT_STEPS, 1, 3, cckpt, cout, 1,
                            np.zeros(shape, dtype=dtype), np.empty_like(cdelta), *cparts, *cbc_parts)  # fmt: skip
 
 
@@ -515,68 +490,81 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def step_sizes(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool, dtype: torch.dtype, bias_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """The scan's step sizes ``softplus(delta + delta_bias)`` (or ``delta + delta_bias``) in ``dtype``, by torch.
+
+    Vectorised by torch and differentiated by autograd: inside the kernels a scalar libm exp and log1p per
+    step (and an exp per step of the backward) took about half of the forward's time (docs/performance.md).
+    ``bias_shape`` views the per-channel bias against ``delta``.
+    """
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype).view(bias_shape)
+    return F.softplus(dt) if delta_softplus else dt
+
+
 class _FusedScanFn(torch.autograd.Function):
-    """autograd wrapper: numba forward, numba reverse-time backward; last_state carries no grad."""
+    """autograd wrapper: numba forward, numba reverse-time backward; last_state carries no grad.
+
+    ``dt`` are the final step sizes (:func:`step_sizes`), in the compute dtype.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         u: torch.Tensor,
-        delta: torch.Tensor,
+        dt: torch.Tensor,
         A: torch.Tensor,
         B: torch.Tensor,
         C: torch.Tensor,
         D: torch.Tensor | None,
         z: torch.Tensor | None,
-        delta_bias: torch.Tensor | None,
-        delta_softplus: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         kernels = get_kernels()
         dtype = compute_dtype(u)
         batch, dim, length = u.shape
         n_state = A.shape[1]
-        uf, deltaf = (t.detach().to(dtype).contiguous() for t in (u, delta))
+        uf, dtf = (t.detach().to(dtype).contiguous() for t in (u, dt))
         af = A.detach().to(dtype).contiguous()
         bf, cf = _bc_layout(B, dtype), _bc_layout(C, dtype)
         df = torch.zeros(dim, dtype=dtype) if D is None else D.detach().to(dtype).contiguous()
-        biasf = torch.zeros(dim, dtype=dtype) if delta_bias is None else delta_bias.detach().to(dtype).contiguous()
         zf = torch.zeros((1, 1, 1), dtype=dtype) if z is None else z.detach().to(dtype).contiguous()
         n_ck = max(1, -(-length // CHECKPOINT_STEPS))
         ckpt = torch.empty((batch, dim, n_ck, n_state), dtype=dtype)
         out = torch.empty((batch, dim, length), dtype=dtype)
         last = torch.zeros((batch, dim, n_state), dtype=dtype)
-        arrays = [_numpy(t) for t in (uf, deltaf, af, bf, cf, df, zf, biasf)]
-        kernels.forward(*arrays[:7], arrays[7], bool(delta_softplus), z is not None, _use_fast_exp(dtype), CHECKPOINT_STEPS,
+        arrays = [_numpy(t) for t in (uf, dtf, af, bf, cf, df, zf)]
+        kernels.forward(*arrays, z is not None, _use_fast_exp(dtype), CHECKPOINT_STEPS,
                         _numpy(out), _numpy(ckpt), _numpy(last))  # fmt: skip
-        ctx.save_for_backward(uf, deltaf, af, bf, cf, df, zf, biasf, ckpt)
-        ctx.meta = (delta_softplus, kernels, B.dim(), C.dim())
-        ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias))
+        ctx.save_for_backward(uf, dtf, af, bf, cf, df, zf, ckpt)
+        ctx.meta = (kernels, B.dim(), C.dim())
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, dt, A, B, C, D, z))
         ctx.mark_non_differentiable(last)
         return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx: Any, gout: torch.Tensor, _glast: torch.Tensor | None) -> tuple[Any, ...]:
-        uf, deltaf, af, bf, cf, df, zf, biasf, ckpt = ctx.saved_tensors
-        delta_softplus, kernels, b_ndim, c_ndim = ctx.meta
+        uf, dtf, af, bf, cf, df, zf, ckpt = ctx.saved_tensors
+        kernels, b_ndim, c_ndim = ctx.meta
         has_z = ctx.dtypes[6] is not None
         dtype = uf.dtype
         batch, dim, length = uf.shape
         n_state = af.shape[1]
         block = _block_size(batch, dim, bf.shape[1], cf.shape[1], kernels.num_threads)
         n_blocks = dim // block
-        grads = [torch.empty((batch, dim, length), dtype=dtype) for _ in range(2)]  # u, delta
+        grads = [torch.empty((batch, dim, length), dtype=dtype) for _ in range(2)]  # u, dt
         gz = torch.empty((batch, dim, length) if has_z else (1, 1, 1), dtype=dtype)
         ga_part = torch.zeros((batch, dim, n_state), dtype=dtype)
         gd_part = torch.zeros((batch, dim), dtype=dtype)
-        gbias_part = torch.zeros((batch, dim), dtype=dtype)
         gb_part = torch.zeros((batch, n_blocks, bf.shape[2], n_state), dtype=dtype)
         gc_part = torch.zeros((batch, n_blocks, cf.shape[2], n_state), dtype=dtype)
         gout_f = gout.detach().to(dtype).contiguous()
-        inputs = [_numpy(t) for t in (uf, deltaf, af, bf, cf, df, zf, biasf)]
-        outputs = [_numpy(t) for t in (*grads, gz, ga_part, gd_part, gbias_part, gb_part, gc_part)]
-        kernels.backward(*inputs[:7], inputs[7], bool(delta_softplus), has_z, _use_fast_exp(dtype), CHECKPOINT_STEPS,
-                         _numpy(ckpt),
-                         _numpy(gout_f), block, *outputs)  # fmt: skip
+        inputs = [_numpy(t) for t in (uf, dtf, af, bf, cf, df, zf)]
+        outputs = [_numpy(t) for t in (*grads, gz, ga_part, gd_part, gb_part, gc_part)]
+        kernels.backward(*inputs, has_z, _use_fast_exp(dtype), CHECKPOINT_STEPS, _numpy(ckpt), _numpy(gout_f), block,
+                         *outputs)  # fmt: skip
         full = (
             *grads,
             ga_part.sum(0),
@@ -584,10 +572,8 @@ class _FusedScanFn(torch.autograd.Function):
             _bc_grad(gc_part, c_ndim, cf.shape[1]),
             gd_part.sum(0),
             gz,
-            gbias_part.sum(0),
         )
-        cast = tuple(None if dt is None else g.to(dt) for g, dt in zip(full, ctx.dtypes, strict=True))
-        return (*cast, None)
+        return tuple(None if dt is None else g.to(dt) for g, dt in zip(full, ctx.dtypes, strict=True))
 
 
 class CpuFusedScan:
@@ -620,5 +606,6 @@ class CpuFusedScan:
         if not ok:
             raise BackendUnavailable(f"scan backend 'cpu_fused' is unavailable: {reason}")
         check_scan_args(u, delta, A, B, C, D, z, delta_bias)
-        out, last = _FusedScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        dt = step_sizes(delta, delta_bias, delta_softplus, compute_dtype(u), (-1, 1))
+        out, last = _FusedScanFn.apply(u, dt, A, B, C, D, z)
         return (out, last) if return_last_state else out

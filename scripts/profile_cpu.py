@@ -86,8 +86,12 @@ def _hook_ranges(net: nn.Module) -> list[Any]:
 
 @contextlib.contextmanager
 def _wrapped_ss2d_ops() -> Iterator[None]:
-    """Ranges around the scan kernel and the cross-scan/merge, inside SS2D's module namespace."""
-    from cliphaze.layers import ss2d
+    """Ranges around the scan kernel and the cross-scan/merge copies, inside ``cliphaze.ops``' namespace.
+
+    ``cross_selective_scan`` (what SS2D calls) looks these up in that namespace at call time. Inference runs
+    the unfused path (explicit copies around the scan; ``SS2D._scan`` fuses only under autograd).
+    """
+    from cliphaze import ops
 
     def ranged(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -96,15 +100,16 @@ def _wrapped_ss2d_ops() -> Iterator[None]:
 
         return call
 
-    saved = {n: getattr(ss2d, n) for n in ("selective_scan", "cross_scan", "cross_merge")}
-    ss2d.selective_scan = ranged("  SS2D: selective-scan kernel", saved["selective_scan"])
-    ss2d.cross_scan = ranged("  SS2D: cross-scan + merge", saved["cross_scan"])
-    ss2d.cross_merge = ranged("  SS2D: cross-scan + merge", saved["cross_merge"])
+    names = {"selective_scan": "  SS2D: selective-scan kernel", "cross_scan": "  SS2D: cross-scan + merge",
+             "to_scan_order": "  SS2D: cross-scan + merge", "cross_merge": "  SS2D: cross-scan + merge"}
+    saved = {n: getattr(ops, n) for n in names}
+    for n, label in names.items():
+        setattr(ops, n, ranged(label, saved[n]))
     try:
         yield
     finally:
         for n, fn in saved.items():
-            setattr(ss2d, n, fn)
+            setattr(ops, n, fn)
 
 
 def profile_frame(dehazer: Any, frame: torch.Tensor, scale: float) -> tuple[dict[str, float], str]:

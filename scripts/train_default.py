@@ -88,6 +88,23 @@ def load_network_weights(source: torch.nn.Module, target: torch.nn.Module | None
     return target
 
 
+def copy_towers(source: Path, target: Path) -> None:
+    """``--towers``: a stage-1 towers file, or a bundle whose embedded towers are taken (e.g. the shipped one)."""
+    from cliphaze.train.clip_stage import ClipStageError, ClipStageResult
+
+    try:
+        load_towers(str(source))
+    except ClipStageError:
+        from cliphaze.bundle import load_bundle
+
+        encoder = load_bundle(source).encoder
+        if encoder is None:
+            raise SystemExit(f"--towers {source}: neither a towers file nor a bundle with guidance towers") from None
+        save_towers(str(target), ClipStageResult(encoder=encoder, stats={"from_bundle": source.name}))
+    else:
+        shutil.copyfile(source, target)
+
+
 def write_val_sets(out: Path, val_images: dict, haze: HazeConfig) -> dict[str, list[tuple[Path, Path]]]:
     """Held-out hazy/clear PNG pairs per haze kind (fixed seed per image and kind); returns the pairs."""
     sets: dict[str, list[tuple[Path, Path]]] = {}
@@ -137,7 +154,8 @@ def main() -> None:
     parser.add_argument("--skip-eval", action="store_true", help="export only, no held-out evaluation")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--towers", type=Path, default=None,
-                        help="reuse the stage-1 towers file of an earlier run (copied into --out; skips stage 1)")
+                        help="reuse stage-1 towers (copied into --out; skips stage 1): a towers file of an earlier run, "
+                             "or a bundle with embedded towers such as the shipped cliphaze-t.safetensors")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start stage 2 from this bundle's network weights (ignored when --out has a resume state)")
     parser.add_argument("--ema", type=float, default=0.98, help="EMA decay of the shipped weights")
@@ -166,7 +184,7 @@ def main() -> None:
 
     towers_path = out / "towers.safetensors"
     if args.towers is not None and not towers_path.is_file():
-        shutil.copyfile(args.towers, towers_path)
+        copy_towers(args.towers, towers_path)
     if towers_path.is_file():
         stage1 = load_towers(str(towers_path), device=device)
     else:

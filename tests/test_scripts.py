@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,15 +37,22 @@ def test_profile_cpu_times_every_layer_type() -> None:
 
 
 @pytest.mark.slow
-def test_train_default_runs_its_recipe_end_to_end(tmp_path: Path) -> None:
-    """A few steps of every phase on the CPU through --device auto (the GPU path's plumbing), bundle written."""
-    weights = tmp_path / "weights.safetensors"
-    _run(["scripts/train_default.py", "--out", str(tmp_path / "run"), "--weights", str(weights),
-          "--clip-steps", "2", "--steps", "2", "--crop", "32", "--batch", "2", "--device", "auto", "--amp", "auto",
-          "--threads", "1", "--skip-eval"], ROOT)  # fmt: skip
+def test_train_default_continues_the_shipped_model(tmp_path: Path) -> None:
+    """The model card's GPU command, on the CPU through --device auto --amp auto, for two steps: the shipped
+    bundle's towers (taken out of the bundle) and network (with its airlight head) are the starting point."""
     from cliphaze.bundle import load_bundle
+    from cliphaze.train.clip_stage import load_towers
 
-    bundle = load_bundle(weights)
-    assert bundle.net.config.name == "cliphaze-t"
-    assert (tmp_path / "run" / "towers.safetensors").is_file()
-    assert (tmp_path / "run" / "val" / "nonhomogeneous" / "hazy").is_dir()
+    shipped = ROOT / "cliphaze" / "weights" / "cliphaze-t.safetensors"
+    weights, run = tmp_path / "weights.safetensors", tmp_path / "run"
+    _run(["scripts/train_default.py", "--out", str(run), "--weights", str(weights), "--towers", str(shipped),
+          "--init-from", str(shipped), "--global-airlight", "--steps", "2", "--crop", "32", "--batch", "2",
+          "--device", "auto", "--amp", "auto", "--workers", "0", "--threads", "1", "--skip-eval"], ROOT)  # fmt: skip
+    before, after = load_bundle(shipped), load_bundle(weights)
+    assert after.net.config == before.net.config and after.net.airlight is not None
+    towers = load_towers(str(run / "towers.safetensors")).encoder
+    for name, value in before.encoder.clip.model.state_dict().items():
+        assert torch.equal(towers.clip.model.state_dict()[name], value), name
+    moved = [n for n, p in after.net.state_dict().items() if not torch.equal(p, before.net.state_dict()[n])]
+    assert moved  # it trained
+    assert (run / "val" / "nonhomogeneous" / "hazy").is_dir()

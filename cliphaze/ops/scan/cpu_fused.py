@@ -22,20 +22,21 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cliphaze.ops.scan.base import (
+    GROUPED_NDIM,
+    SHARED_NDIM,
     BackendUnavailable,
     ScanResult,
     check_scan_args,
     compute_dtype,
-    GROUPED_NDIM,
-    SHARED_NDIM,
 )
 
 logger = logging.getLogger(__name__)

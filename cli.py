@@ -336,6 +336,9 @@ def _handle_signals(stop: threading.Event) -> None:
               default="off", show_default=True,
               help="torch.compile the cliphaze network (reduce-overhead = CUDA graphs, CUDA only; the first frame "
                    "compiles).")  # fmt: skip
+@click.option("--hwdec", type=click.Choice(["none", "auto", "cuda"]), default="none", show_default=True,
+              help="Decode on the GPU (NVDEC via PyAV hwaccel); falls back to the CPU, saying why. Not yet measured "
+                   "on a GPU, hence off by default.")  # fmt: skip
 @click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
 @click.option("--crf", type=int, default=23, show_default=True, help="Quality, 1 (best) to 51.")
 @click.option("--preset", default="veryfast", show_default=True)
@@ -355,7 +358,8 @@ def _handle_signals(stop: threading.Event) -> None:
 @click.pass_obj
 def dehaze(app: AppContext, source: str, output: str | None, output_format: str | None, model: str,
            weights: Path | None, device: str, precision: str, scan_backend: str, threads: int, batch: int, guidance_every: int,
-           guidance_ema: float, scale: float, compile_mode: str, codec: str, crf: int, preset: str, gop_s: float,
+           guidance_ema: float, scale: float, compile_mode: str, hwdec: str, codec: str, crf: int, preset: str,
+           gop_s: float,
            max_frames: int | None, duration_s: float | None, side_by_side: bool, stats_path: Path | None,
            metrics_port: int | None, metrics_addr: str, density_log: Path | None, fill_gaps: bool,
            rtsp_user: str | None, rtsp_password: str | None) -> None:  # fmt: skip
@@ -383,7 +387,7 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
     from pipelines.job import DehazeJob, run_job
 
     job = DehazeJob(source, output or _default_output(source), output_format, pipeline, encoder, stats_path,
-                    metrics_port, metrics_addr, density_log, fill_gaps)  # fmt: skip
+                    metrics_port, metrics_addr, density_log, fill_gaps, hwdec)  # fmt: skip
     run_job(job, _plan_dehazer(model, weights, device, precision, scan_backend, threads, compile_mode), stop)
 
 

@@ -71,6 +71,7 @@ class DehazeJob:
     metrics_addr: str
     density_log: Path | None
     fill_gaps: bool = True  # live sources: repeat the last frame while the camera is away (output keeps its timing)
+    hwdec: str = "none"  # "none" | "auto" | "cuda": NVDEC decoding (stream.hwdec), CPU fallback
 
 
 
@@ -96,7 +97,7 @@ def run_job(job: DehazeJob, plan: Any, stop: threading.Event) -> tuple[Any, Any]
     from stream.uri import parse_sink, redact
 
     with contextlib.ExitStack() as stack:
-        source = stack.enter_context(open_source(job.source, SourceOptions()))
+        source = stack.enter_context(open_source(job.source, SourceOptions(hwdec=job.hwdec)))
         info = source.info
         out_info = dataclasses.replace(info, width=info.width * 2) if job.pipeline.side_by_side else info
         dehazer = plan.create()  # before the sink: a model that fails to load leaves no empty output behind

@@ -20,6 +20,7 @@ import numpy as np
 
 from stream.convert import frame_to_rgb, matrix_of, range_of
 from stream.errors import DecodeError, SourceOpenError, SourceTimeout
+from stream.hwdec import resolve as resolve_hwdec
 from stream.records import AudioInfo, VideoInfo
 from stream.uri import SourceSpec, redact
 
@@ -143,7 +144,8 @@ class PyAVConnection:
         started = time.monotonic()
         try:
             self._container = av.open(
-                spec.url, "r", format=fmt, options=container_options(spec, options, live), timeout=timeout
+                spec.url, "r", format=fmt, options=container_options(spec, options, live), timeout=timeout,
+                hwaccel=resolve_hwdec(options.hwdec),
             )
         except (av.error.FFmpegError, OSError) as exc:
             # FFmpeg's message repeats the URL; chain a scrubbed copy so tracebacks never show the password

@@ -59,6 +59,7 @@ class SourceOptions:
     fast_probe: bool = True  # live: short stream analysis so (re)connects take ~0.1 s, not ~2 s
     probe_duration_s: float = 0.5  # live: FFmpeg analyzeduration when fast_probe
     decoder_threads: int = 0  # 0 = FFmpeg's choice
+    hwdec: str = "none"  # "none" | "auto" | "cuda": NVDEC through PyAV's hwaccel (stream.hwdec), CPU fallback
     source_id: str = ""  # copied into every Frame
 
     def __post_init__(self) -> None:
@@ -66,6 +67,10 @@ class SourceOptions:
             raise ValueError(f"rtsp_transport must be 'tcp' or 'udp', got {self.rtsp_transport!r}")
         if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        from stream.hwdec import HWDEC_CHOICES
+
+        if self.hwdec not in HWDEC_CHOICES:
+            raise ValueError(f"hwdec must be one of {', '.join(HWDEC_CHOICES)}, got {self.hwdec!r}")
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,18 @@ def test_dehaze_max_frames_with_dcp(tmp_path: Path, bikes: Path) -> None:
     assert np.allclose(video_times(out), video_times(bikes)[:10], atol=1e-3)
 
 
+def test_dehaze_hwdec_cuda_without_a_gpu_decodes_on_the_cpu(tmp_path: Path, bikes: Path) -> None:
+    from stream import hwdec
+
+    if hwdec.probe("cuda") is None:
+        pytest.skip("NVDEC works here: tests/stream/test_stream_hwdec.py covers it")
+    out = tmp_path / "hw.mp4"
+    code, _, err = cli("dehaze", str(bikes), "-o", str(out), "--model", "none", "--hwdec", "cuda", "--max-frames", "5")
+    assert code == 0, err
+    assert "hardware decoding off: no usable cuda device" in err and "decoding on the CPU" in err
+    assert len(video_times(out)) == 5
+
+
 def test_dehaze_keeps_audio(tmp_path: Path, bunny: Path) -> None:
     out = tmp_path / "bunny.mp4"
     code, _, err = cli("dehaze", str(bunny), "-o", str(out), "--model", "none", "--preset", "ultrafast")

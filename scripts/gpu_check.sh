@@ -11,7 +11,8 @@
 #   1. pytest -m gpu with CLIPHAZE_REQUIRE_GPU=1 (a GPU test that would skip fails instead).
 #   2. cliphaze bench realtime, fp32, compile off: dcp, cliphaze-t, cliphaze-s at 1080p and 4K, scale 1/0.5/0.25.
 #   3. bf16 autocast; 4. torch.compile default and CUDA graphs (reduce-overhead); 5. batch 4; 6. 2 and 4 streams
-#      sharing one GPU (copy/compute overlap is the engine's CUDA path in every end-to-end number).
+#      sharing one GPU (copy/compute overlap is the engine's CUDA path in every end-to-end number);
+#   7. decode fps, CPU against NVDEC (scripts/bench_decode.py, --hwdec none/cuda) at 1080p and 4K.
 # Output: a markdown table with the device name in docs/benchmarks-gpu.md, and in $OUT when set, with the logs.
 # Environment: CLIPHAZE_GPU_CHECK_BUDGET_S (default 450), CLIPHAZE_GPU_CHECK_DOC (default docs/benchmarks-gpu.md).
 set -uo pipefail
@@ -80,6 +81,7 @@ if [ "$DRY" = "1" ]; then
   bench fp32 240 --variants dcp,cliphaze-tiny --resolutions 720p --scales 0.25 --frames 1 --max-frame-s 60
   bench bf16 120 --variants cliphaze-tiny --resolutions 720p --scales 0.25 --frames 1 --precision bf16 --no-e2e \
     --max-frame-s 60
+  step decode 60 "$PY" scripts/bench_decode.py --sizes 320x180 --frames 10 --hwdec none,cuda
 else
   bench fp32 150 --variants dcp,cliphaze-t,cliphaze-s --resolutions 1080p,4k --scales 1,0.5,0.25 --frames 20 \
     --max-frame-s 2
@@ -92,6 +94,7 @@ else
   bench batch4 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --batch 4
   bench streams2 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --streams 2
   bench streams4 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --streams 4
+  step decode 60 "$PY" scripts/bench_decode.py --sizes 1920x1080,3840x2160 --frames 100 --hwdec none,cuda
 fi
 
 "$PY" - "$WORK" "$DOC" "$DRY" <<'EOF'
@@ -123,6 +126,11 @@ lines = [
     markdown_table(results) if results else "No benchmark produced results.",
     "",
 ]
+decode = work / "decode.log"
+if decode.exists():
+    rows = [line for line in decode.read_text().splitlines() if line.startswith(("NVDEC:", "decode "))]
+    lines += ["## Decoding (scripts/bench_decode.py: decode + RGB conversion, CPU against NVDEC)", "",
+              *[f"- {row}" for row in rows], ""]
 doc.parent.mkdir(parents=True, exist_ok=True)
 doc.write_text("\n".join(lines))
 print(f"gpu_check: wrote {doc}")

@@ -50,4 +50,6 @@ def test_dry_run_on_the_cpu_writes_the_table(tmp_path: Path) -> None:
     assert "- fp32: ok" in text and "- bf16: ok" in text and "- pytest-gpu: skipped (dry/CPU mode)" in text
     assert "| cpu | dcp | 720p | 1 | fp32 | off | 1 | 1 |" in text
     assert "| cpu | cliphaze-tiny | 720p | 0.25 | bf16 | off | 1 | 1 |" in text
+    assert "decode 320x180 hwdec=none (cpu)" in text and "decode 320x180 hwdec=cuda (cpu)" in text
+    assert "- decode: ok" in text
     assert (out / "benchmarks-gpu.md").read_text() == text and (out / "steps.tsv").exists()

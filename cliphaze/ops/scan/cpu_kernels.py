@@ -4,6 +4,9 @@ They live at module level, compiled with ``cache=True``, so later processes load
 numba's on-disk cache. (As closures built inside a function and calling each other they were compiled
 again in every process, about 40 s, and each compilation appended another cache entry.) Importing this
 module imports numba: only ``cpu_fused``'s probe does, on the first CPU scan.
+
+``delta`` is always the final step size ``softplus(delta + bias)``: ``cpu_fused.step_sizes`` computes it with
+torch before the call, and autograd takes its gradient back to the raw delta and bias.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ def decay_block(dtbuf, A, d, steps, fast_exp, abuf, ebuf):
 def forward_kernel(u, delta, A, bmat, cmat, dskip, z, has_z, fast_exp, ck_len, out, ckpt, last):
     """Forward scan, parallel over (batch, channel); the N states live in a small local array.
 
-    Time runs in chunks of ck_len steps: the chunk's step sizes and decays exp(dt * A) are computed
-    first (vectorised across steps and states), then the recurrence.
+    Time runs in chunks of ck_len steps: the chunk's decays exp(dt * A) are computed first (vectorised
+    across steps and states), then the recurrence.
     """
     n_batch, dim, length = u.shape
     n_state = A.shape[1]

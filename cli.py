@@ -43,10 +43,10 @@ JOB_LOGGER = "pipelines.job"  # its lines are user-facing notes too
 # Commands defined in other packages, imported only when invoked: CLI name -> module. The module's
 # click command whose ``name`` is the CLI name is used (so its Python attribute name does not matter).
 LAZY_COMMANDS = {
-    "bench": "pipelines.bench_commands",
-    "train": "cliphaze.train.commands",
-    "train-prompts": "cliphaze.train.commands",
-    "eval": "cliphaze.train.commands",
+    "bench": "pipelines.bench.commands",
+    "train": "pipelines.train_commands",
+    "train-prompts": "pipelines.train_commands",
+    "eval": "pipelines.train_commands",
 }
 
 

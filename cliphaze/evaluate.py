@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -241,44 +241,24 @@ def _mean_density(dehazer: Dehazer, frames: torch.Tensor) -> float | None:
     return None if guidance.density is None else float(guidance.density.float().mean())
 
 
-def iter_video_frames(path: Path, *, every: int = 1, max_frames: int | None = None):
-    """Yield (index, RGB uint8 (H, W, 3)) for every ``every``-th decoded frame of a video file."""
-    import av
-
-    from stream.convert import frame_to_rgb
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        raise EvaluationError(f"cannot open video {path}: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise EvaluationError(f"no video stream in {path}")
-        taken = 0
-        for index, frame in enumerate(container.decode(video=0)):
-            if index % every:
-                continue
-            yield index, frame_to_rgb(frame)
-            taken += 1
-            if max_frames is not None and taken >= max_frames:
-                return
-
-
 def evaluate_video(
     dehazer: Dehazer,
-    path: Path,
+    frames: Iterable[tuple[int, np.ndarray]],
     *,
-    every: int = 1,
-    max_frames: int | None = None,
     csv_path: Path | None = None,
 ) -> VideoReport:
-    """No-reference haze scores of a video before and after ``dehazer``, on every ``every``-th frame.
+    """No-reference haze scores of video frames before and after ``dehazer``.
+
+    Args:
+        dehazer: the method scored.
+        frames: (frame index, RGB uint8 (H, W, 3)) pairs, e.g. every n-th decoded frame of a clip.
+        csv_path: also write the per-frame scores here.
 
     Returns:
         Per-frame scores and means (``*_before``, ``*_after`` and, with CLIP guidance, ``density_*``).
     """
     rows: list[FrameScores] = []
-    for index, rgb in iter_video_frames(path, every=every, max_frames=max_frames):
+    for index, rgb in frames:
         frames = torch.from_numpy(rgb)[None].to(dehazer.device)
         restored = dehazer.restore(frames, None)
         rows.append(
@@ -291,7 +271,7 @@ def evaluate_video(
             )
         )
     if not rows:
-        raise EvaluationError(f"no frames decoded from {path}")
+        raise EvaluationError("no video frames to score")
     means: dict[str, float] = {}
     for key in NoReferenceScores.__dataclass_fields__:
         means[f"{key}_before"] = float(np.mean([getattr(r.before, key) for r in rows]))

@@ -132,7 +132,7 @@ def create_dehazer(
         from cliphaze.baselines.none import PassthroughDehazer
 
         return PassthroughDehazer(device)
-    from cliphaze.cliphaze_dehazer import load_dehazer
+    from cliphaze.inference import load_dehazer
 
     assert choice.weights is not None  # choose_dehazer guarantees it
     return load_dehazer(choice.weights, device=device, precision=precision, scan_backend=scan_backend,

@@ -89,7 +89,7 @@ def run_job(job: DehazeJob, plan: Any, stop: threading.Event) -> tuple[Any, Any]
     import dataclasses
 
     from pipelines.gap_filler import GapFiller
-    from pipelines.metrics import MetricsServer
+    from pipelines.prometheus import MetricsServer
     from pipelines.runner import run
     from stream.republish import PUBLISH_KINDS, RepublishingSink
     from stream.sink import open_sink

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from stream.bench import IoBenchConfig, run_io_benchmark
+from pipelines.bench.io import IoBenchConfig, run_io_benchmark
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the selective-scan backends (cliphaze.ops.bench); prints ms per call and ratios to reference.
+"""Benchmark the selective-scan backends (pipelines.bench.scan); prints ms per call and ratios to reference.
 
     python scripts/bench_scan.py                       # every available backend + auto, SS2D at 128x128
     python scripts/bench_scan.py --backends cpu_fused chunked --repeats 5
@@ -30,7 +30,7 @@ def main() -> None:
         # Must be set before numba is imported (it is imported lazily, by the first CPU scan probe).
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="cliphaze-numba-")
 
-    from cliphaze.ops.bench import (
+    from pipelines.bench.scan import (
         ScanBenchConfig,
         compile_time_s,
         format_cross_scan_report,

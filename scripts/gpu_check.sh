@@ -103,7 +103,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.realtime_bench import markdown_table
+from pipelines.bench.realtime import markdown_table
 
 work, doc, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
 results = [json.loads(p.read_text()) for p in sorted(work.glob("bench-*.json"))]

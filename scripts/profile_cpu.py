@@ -195,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    from pipelines.bench import random_cliphaze_dehazer
+    from pipelines.bench.pipeline import random_cliphaze_dehazer
 
     with tempfile.TemporaryDirectory(prefix="cliphaze-profile-") as tmp:
         dehazer = random_cliphaze_dehazer(args.variant, torch.device("cpu"), Path(tmp))

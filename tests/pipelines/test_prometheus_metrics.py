@@ -7,7 +7,7 @@ import urllib.request
 from pipeline_fakes import CountingDehazer, ListSink, ListSource, make_frames
 
 from pipelines.config import PipelineConfig
-from pipelines.metrics import MetricsServer
+from pipelines.prometheus import MetricsServer
 from pipelines.runner import run
 
 

@@ -71,7 +71,7 @@ def test_text_grep_agrees() -> None:
 
 def test_metrics_bind_to_loopback_unless_told() -> None:
     from cli import dehaze
-    from pipelines.metrics import DEFAULT_BIND, MetricsServer
+    from pipelines.prometheus import DEFAULT_BIND, MetricsServer
 
     assert DEFAULT_BIND == "127.0.0.1"
     option = next(p for p in dehaze.params if p.name == "metrics_addr")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cliphaze.dehazer import Dehazer
-from pipelines.bench import PipelineBenchConfig, _read_frames, pipeline_run, random_cliphaze_dehazer
+from pipelines.bench.pipeline import PipelineBenchConfig, _read_frames, pipeline_run, random_cliphaze_dehazer
 from pipelines.config import GuidanceCacheConfig, PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _make_dehazer(variant: str, device: torch.device, folder: Path, bench: Realt
         from cliphaze.baselines.none import PassthroughDehazer
 
         return PassthroughDehazer(device)
-    from cliphaze.cliphaze_dehazer import ClipHazeDehazer
+    from cliphaze.inference import ClipHazeDehazer
 
     base = random_cliphaze_dehazer(variant, device, folder)
     assert isinstance(base, ClipHazeDehazer)

@@ -241,7 +241,7 @@ def train_prompts(hazy_dir: Path, clear_dir: Path, output: Path, clip_model: str
 
 def _dehazers(weights: Path | None, use_dcp: bool, device: str) -> dict:
     from cliphaze.baselines.dcp import DarkChannelDehazer
-    from cliphaze.cliphaze_dehazer import ClipHazeDehazer
+    from cliphaze.inference import ClipHazeDehazer
     from pipelines.dehazers import default_weights
 
     dehazers = {}
@@ -271,6 +271,7 @@ def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path
     ground truth (dark channel, contrast, colourfulness, CLIP density before/after)."""
     from cliphaze.evaluate import EvaluationError, evaluate_pairs, evaluate_video
     from cliphaze.train.layouts import DatasetLayoutError, detect_layout
+    from pipelines.video_frames import VideoReadError, iter_video_frames
 
     try:
         dehazers = _dehazers(weights, use_dcp, device)
@@ -279,13 +280,14 @@ def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path
                 raise TrainInputError(f"{data} is a file but not a video ({', '.join(VIDEO_SUFFIXES)})")
             for name, dehazer in dehazers.items():
                 per_method_csv = None if csv_path is None else csv_path.with_stem(f"{csv_path.stem}_{name}")
-                report = evaluate_video(dehazer, data, every=every, max_frames=max_frames, csv_path=per_method_csv)
+                frames = iter_video_frames(data, every=every, max_frames=max_frames)
+                report = evaluate_video(dehazer, frames, csv_path=per_method_csv)
                 click.echo(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.means.items()))
             return
         layout = detect_layout(data)
         pairs = [(p.hazy, p.clear) for p in layout.pairs][:max_images]
         report = evaluate_pairs(pairs, dehazers, csv_path=csv_path, grid_path=grid_path)
-    except (DatasetLayoutError, EvaluationError) as error:
+    except (DatasetLayoutError, EvaluationError, VideoReadError) as error:
         raise _bad_input(error) from error
     click.echo(f"{'method':14s} {'images':>6s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM-DF':>8s} {'ms':>8s}")
     for s in report.summary.values():

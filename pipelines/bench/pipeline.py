@@ -190,7 +190,7 @@ def random_cliphaze_dehazer(variant: str, device: torch.device, folder: Path) ->
     """
     from cliphaze.clip import ClipSpec, GuidanceConfig, GuidanceEncoder, create_clip
     from cliphaze.clip.prompts import text_prompt_set
-    from cliphaze.cliphaze_dehazer import ClipHazeDehazer
+    from cliphaze.inference import ClipHazeDehazer
     from cliphaze.factory import create_model
 
     net = create_model(variant, device=device).eval()

@@ -1,6 +1,6 @@
 """Cost of the guidance encoders: analytic GMACs and measured wall-clock ms (random weights; timing only).
 
-Run: ``python -m cliphaze.clip.bench [--model ViT-B-32] [--sizes 224 336 448] [--batch 1] [--repeats 5] [--threads N]``.
+Run: ``python -m pipelines.bench.guidance [--model ViT-B-32] [--sizes 224 336 448] [--batch 1] [--repeats 5] [--threads N]``.
 Prints one line per (encoder, input size): GMACs per frame, median ms per batch and per frame.
 """
 

@@ -23,7 +23,7 @@ def bench() -> None:
 @bench.command("scan")
 def bench_scan() -> None:
     """Selective-scan backends, and SS2D's fused four-direction scan: forward and forward+backward time."""
-    from cliphaze.ops.bench import (
+    from pipelines.bench.scan import (
         ScanBenchConfig,
         format_cross_scan_report,
         format_scan_report,
@@ -39,7 +39,7 @@ def bench_scan() -> None:
 @bench.command("io")
 def bench_io() -> None:
     """Decode and encode throughput of the stream package."""
-    from stream.bench import run_io_benchmark
+    from pipelines.bench.io import run_io_benchmark
 
     click.echo(json.dumps(run_io_benchmark(), indent=2, sort_keys=True, default=str))
 
@@ -61,7 +61,7 @@ def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: 
     """(a) I/O overhead vs ffmpeg, (b) model vs pipeline fps, (c) guidance every 1 vs 8, (d) dcp fps."""
     import torch
 
-    from pipelines.bench import PipelineBenchConfig, run_pipeline_benchmark
+    from pipelines.bench.pipeline import PipelineBenchConfig, run_pipeline_benchmark
     from pipelines.dehazers import resolve_device
 
     resolved = resolve_device(device)
@@ -102,7 +102,7 @@ def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, ma
     import torch
 
     from pipelines.dehazers import resolve_device
-    from pipelines.realtime_bench import RESOLUTIONS, RealtimeBenchConfig, run_realtime_benchmark
+    from pipelines.bench.realtime import RESOLUTIONS, RealtimeBenchConfig, run_realtime_benchmark
 
     resolved = resolve_device(device)
     if resolved.type == "cpu":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cliphaze.ops.bench import (
+from pipelines.bench.scan import (
     ScanBenchConfig,
     format_cross_scan_report,
     format_scan_report,

@@ -90,7 +90,7 @@ def test_eval_command_rejects_unknown_layout(tmp_path: Path, tiny_bundle: Path) 
 @pytest.mark.slow
 def test_train_command_synthetic_tiny_end_to_end(tmp_path: Path) -> None:
     from cli import main
-    from cliphaze.cliphaze_dehazer import ClipHazeDehazer
+    from cliphaze.inference import ClipHazeDehazer
 
     clean = tmp_path / "clean"
     for i, image in enumerate(_images()):

@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from cliphaze.ops.scan.base import BackendUnavailable, ScanBackend, ScanError, ScanShapeError
+from cliphaze.ops.scan.base import BackendUnavailable, ScanBackend, ScanError, ScanShapeError, ScanTooLarge
 from cliphaze.ops.scan.chunked import ChunkedScan
 from cliphaze.ops.scan.cpu_fused import CpuFusedScan
 from cliphaze.ops.scan.mamba_cuda import MambaCudaScan
@@ -45,6 +45,7 @@ __all__ = [
     "ScanBackend",
     "ScanError",
     "ScanShapeError",
+    "ScanTooLarge",
     "available_backends",
     "get_scan_backend",
     "resolve_backend",

@@ -13,6 +13,9 @@ import pytest
 import torch
 from scan_cases import ScanCase, spec_vector
 
+from cliphaze.config import SSMConfig
+from cliphaze.layers import ss2d as ss2d_module
+from cliphaze.layers.ss2d import SS2D
 from cliphaze.ops import cross_merge, cross_scan, cross_selective_scan, resolve_backend, selective_scan, to_scan_order
 from cliphaze.ops.scan.triton_scan import TritonScan, TritonScanConfig, cross_scan_triton
 
@@ -175,3 +178,37 @@ def test_cross_selective_scan_dispatches_triton_to_the_four_direction_entry(devi
     copies = cross_selective_scan(*inputs, backend="triton", fuse=False)
     _close(fused, _unfused_reference(*inputs), "fused")
     _close(copies, fused, "copies")
+
+
+# --- SS2D on the triton backend ---------------------------------------------------------------------------
+
+
+def test_ss2d_on_triton_matches_the_reference_backend(device: str) -> None:
+    torch.manual_seed(0)
+    layer = SS2D(4, SSMConfig(d_state=2, expand=1.0, scan_backend="reference")).to(device)
+    x = torch.randn(1, 3, 3, 4, device=device)
+    with torch.no_grad():
+        ref = layer(x)
+        layer.scan_backend = "triton"
+        out = layer(x)
+    _close(out, ref, "SS2D out")
+
+
+def test_ss2d_passes_bf16_tensors_to_the_triton_scan_without_fp32_copies(monkeypatch: pytest.MonkeyPatch,
+                                                                         device: str) -> None:  # fmt: skip
+    seen: dict[str, torch.dtype] = {}
+
+    def fake_scan(x, dts, A, bs, cs, **kwargs):
+        seen.update(x=x.dtype, dts=dts.dtype, bs=bs.dtype, cs=cs.dtype, fuse=kwargs["fuse"])
+        return x.new_zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+
+    monkeypatch.setattr(ss2d_module, "cross_selective_scan", fake_scan)
+    layer = SS2D(4, SSMConfig(d_state=2, expand=1.0, scan_backend="triton")).to(device, torch.bfloat16)
+    with torch.no_grad():
+        layer(torch.randn(1, 3, 3, 4, device=device, dtype=torch.bfloat16))
+    assert seen == {"x": torch.bfloat16, "dts": torch.bfloat16, "bs": torch.bfloat16, "cs": torch.bfloat16,
+                    "fuse": True}  # fmt: skip
+    layer.scan_backend = "reference"
+    with torch.no_grad():
+        layer(torch.randn(1, 3, 3, 4, device=device, dtype=torch.bfloat16))
+    assert seen["x"] == seen["bs"] == torch.float32  # other backends keep their fp32 copies

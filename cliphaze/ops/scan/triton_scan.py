@@ -42,8 +42,12 @@ INTERPRET_ENV = "TRITON_INTERPRET"
 class TritonScanConfig:
     """Launch geometry of the kernels (tests shrink it so that tiny sequences cross blocks and chunks)."""
 
-    block_t: int = 128  # time steps per associative-scan block; a power of two
-    chunk_blocks: int = 16  # blocks per chunk (one program's work); chunk = block_t * chunk_blocks steps
+    # Time steps per associative-scan block; a power of two. A (block_t, N) fp32 tile is 8 values per thread
+    # at N = 16 and 4 warps: the backward keeps about a dozen such tiles live, so larger blocks risk spills.
+    block_t: int = 64
+    # Blocks per chunk (one program's work): chunk = 2048 steps, so the 960x540 stage (L = 129,600, 384
+    # channels, batch 1) runs 64 x 384 programs, and the sequential chain over chunks is 64 steps long.
+    chunk_blocks: int = 32
     num_warps: int = 4  # warps per program
 
     def __post_init__(self) -> None:

@@ -22,7 +22,8 @@ def bench() -> None:
 
 @bench.command("scan")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cpu: SS2D's scan at 128x128, fp32. cuda: the 960x540 stage (L = 129,600, 4x96 channels), bf16.")  # fmt: skip
+              help="cpu: SS2D's scan at 128x128, fp32. "
+                   "cuda: the 960x540 stage (L = 129,600, 4x96 channels), bf16.")  # fmt: skip
 def bench_scan(device: str) -> None:
     """Selective-scan backends, and SS2D's fused four-direction scan: forward and forward+backward time."""
     from cliphaze.ops.bench import (

@@ -86,7 +86,8 @@ def main() -> int:
             ptx.flush()
             report = subprocess.run([ptxas, "-v", f"--gpu-name={gpu_name}", ptx.name, "-o", os.devnull],
                                     capture_output=True, text=True, check=True).stderr  # fmt: skip
-        lines = [line.split(":", 1)[-1].strip() for line in report.splitlines() if "registers" in line or "spill" in line]
+        lines = [line.split(":", 1)[-1].strip() for line in report.splitlines()
+                 if "registers" in line or "spill" in line]  # fmt: skip
         spilled |= any("spill" in line and not line.startswith("0 bytes stack frame, 0 bytes spill stores, 0 bytes")
                        for line in lines)  # fmt: skip
         print(f"{label:<30} shared {compiled.metadata.shared:>6} B | " + " | ".join(lines))

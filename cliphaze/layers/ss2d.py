@@ -71,7 +71,10 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _scan(self, x: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
-        """Four-direction scan computed in fp32: x (B, D, H, W); dts (B, K, D, L), bs, cs (B, K, N, L) row-major -> (B, D, L)."""
+        """Four-direction scan computed in fp32: x (B, D, H, W); dts (B, K, D, L), bs, cs (B, K, N, L) row-major.
+
+        Returns (B, D, L): fp32, or x's dtype on the triton backend.
+        """
         b, d, h, w = x.shape
         if x.device.type == "meta":  # shape-only pass (FLOP counting); the scan's cost is added analytically
             return x.new_empty(b, d, h * w)

@@ -154,7 +154,10 @@ def _forward(
     c_view, c_group, c_vary = _bc_view(C, geo.n_ch)
     out_shape = (geo.batch, geo.u_channels, geo.length)
     # Four directions add into one position: an accumulator in the compute dtype, cast once at the end.
-    out = torch.zeros(out_shape, dtype=acc, device=dev) if geo.cross else torch.empty(out_shape, dtype=u.dtype, device=dev)
+    if geo.cross:
+        out = torch.zeros(out_shape, dtype=acc, device=dev)
+    else:
+        out = torch.empty(out_shape, dtype=u.dtype, device=dev)
     last = torch.empty((geo.batch, geo.n_ch, geo.d_state), dtype=acc, device=dev) if want_last else out
     z_arg = z if z is not None else u
     common = dict(
@@ -183,7 +186,8 @@ def _forward(
             kernels.scan_fwd_kernel[grid](*tensors, out, ends, ends, dtsum, last, **common, HAS_CARRY=False,
                                           WRITE_OUT=False, WRITE_LAST=False)  # fmt: skip
             kernels.chain_kernel[(geo.n_ch, geo.batch)](ends, dtsum, A, carry, geo.n_ch, geo.n_chunks, geo.d_state,
-                                                        N_PAD=geo.n_pad, REVERSE=False, ACC=_acc_dtype(acc))  # fmt: skip
+                                                        N_PAD=geo.n_pad, REVERSE=False,
+                                                        ACC=_acc_dtype(acc))  # fmt: skip
         kernels.scan_fwd_kernel[grid](*tensors, out, carry if carry is not None else out, out, out, last, **common,
                                       HAS_CARRY=carry is not None, WRITE_OUT=True, WRITE_LAST=want_last)  # fmt: skip
     if geo.cross and out.dtype != u.dtype:

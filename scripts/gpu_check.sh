@@ -13,6 +13,7 @@
 #   3. bf16 autocast; 4. torch.compile default and CUDA graphs (reduce-overhead); 5. batch 4; 6. 2 and 4 streams
 #      sharing one GPU (copy/compute overlap is the engine's CUDA path in every end-to-end number);
 #   7. decode fps, CPU against NVDEC (scripts/bench_decode.py, --hwdec none/cuda) at 1080p and 4K.
+#   After 1: cliphaze bench scan --device cuda (the scan backends at the 960x540 stage, bf16; scan.log).
 # Output: a markdown table with the device name in docs/benchmarks-gpu.md, and in $OUT when set, with the logs.
 # Environment: CLIPHAZE_GPU_CHECK_BUDGET_S (default 450), CLIPHAZE_GPU_CHECK_DOC (default docs/benchmarks-gpu.md).
 set -uo pipefail
@@ -86,6 +87,7 @@ else
   bench fp32 150 --variants dcp,cliphaze-t,cliphaze-s --resolutions 1080p,4k --scales 1,0.5,0.25 --frames 20 \
     --max-frame-s 2
   CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu 120 "$PY" -m pytest -m gpu -q -x -p no:cacheprovider tests
+  step scan 90 "$PY" cli.py bench scan --device cuda  # triton vs chunked at the 960x540 stage (issue 15), scan.log
   bench bf16 60 --variants cliphaze-t,cliphaze-s --resolutions 1080p,4k --scales 1,0.5 --frames 20 --precision bf16 \
     --max-frame-s 2
   bench compile 120 --variants cliphaze-t --resolutions 1080p,4k --scales 0.5 --frames 20 --compile default --no-e2e

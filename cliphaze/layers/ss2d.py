@@ -3,7 +3,8 @@
 The scan is :func:`cliphaze.ops.cross_selective_scan`: the four directions of
 :mod:`cliphaze.ops.cross_scan`, fused into one call on the CPU backend, otherwise
 :func:`cliphaze.ops.selective_scan` (backend chosen by name, "auto" per device) between explicit
-``cross_scan`` / ``cross_merge`` copies. The scan runs in fp32 whatever the surrounding autocast dtype.
+``cross_scan`` / ``cross_merge`` copies. The scan computes in fp32 whatever the surrounding autocast dtype;
+the Triton backend reads bf16 inputs as they are, the others get fp32 copies.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliphaze.config import SSMConfig
-from cliphaze.ops import cross_selective_scan
+from cliphaze.ops import cross_selective_scan, resolve_backend
 from cliphaze.ops.cross_scan import NUM_DIRECTIONS
 
 
@@ -70,26 +71,34 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _scan(self, x: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
-        """Four-direction scan in fp32: x (B, D, H, W); dts (B, K, D, L), bs, cs (B, K, N, L) row-major -> (B, D, L)."""
+        """Four-direction scan computed in fp32: x (B, D, H, W); dts (B, K, D, L), bs, cs (B, K, N, L) row-major.
+
+        Returns (B, D, L): fp32, or x's dtype on the triton backend.
+        """
         b, d, h, w = x.shape
         if x.device.type == "meta":  # shape-only pass (FLOP counting); the scan's cost is added analytically
             return x.new_empty(b, d, h * w)
+        compiling = torch.compiler.is_compiling()
+        # The Triton kernels read bf16 (autocast) inputs as they are and accumulate in fp32: no fp32 copies.
+        is_triton = not compiling and resolve_backend(self.scan_backend, x.device) == "triton"
+        if not is_triton:
+            x, dts, bs, cs = x.float(), dts.float(), bs.float(), cs.float()
         return cross_selective_scan(
-            x.float(),
-            dts.float(),
+            x,
+            dts,
             -torch.exp(self.A_logs.float()),
-            bs.float(),
-            cs.float(),
+            bs,
+            cs,
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().view(-1),
             delta_softplus=True,
             backend=self.scan_backend,
             # Under torch.compile the scan kernel stays outside the graph (it cannot be traced).
-            outside_graph=torch.compiler.is_compiling(),
+            outside_graph=compiling,
             # The fused CPU call pays off on training crops (training step x1.06 for cliphaze-t at 2x96 px)
             # but its strided column-order reads lose on large inference grids (x0.80 at 256 px):
-            # docs/performance.md. So it runs only when gradients are recorded.
-            fuse=torch.is_grad_enabled() and x.requires_grad,
+            # docs/performance.md. So it runs only when gradients are recorded. The Triton call always fuses.
+            fuse=is_triton or (torch.is_grad_enabled() and x.requires_grad),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

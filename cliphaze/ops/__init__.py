@@ -18,6 +18,7 @@ from cliphaze.ops.scan import (
     ScanBackend,
     ScanError,
     ScanShapeError,
+    ScanTooLarge,
     available_backends,
     get_scan_backend,
     resolve_backend,
@@ -29,6 +30,7 @@ __all__ = [
     "ScanBackend",
     "ScanError",
     "ScanShapeError",
+    "ScanTooLarge",
     "available_backends",
     "cross_merge",
     "cross_scan",
@@ -73,7 +75,7 @@ def selective_scan(
         delta_bias: (Dm,) added to ``delta`` before softplus, or None.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (b, Dm, N).
-        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"cpu_fused"`` or ``"mamba_cuda"``.
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"cpu_fused"``, ``"mamba_cuda"`` or ``"triton"``.
 
     Returns:
         out (b, Dm, L), or (out, last_state) when ``return_last_state``.
@@ -125,8 +127,9 @@ def cross_selective_scan(
 ) -> torch.Tensor:
     """SS2D's scan: the four directions of a grid scanned and summed back, ``cross_merge(scan(cross_scan(x)))``.
 
-    On the ``cpu_fused`` backend the four scans run in one fused call that reads the grid in place
-    (:mod:`cliphaze.ops.scan.cross_fused`); other backends get the explicit cross-scan copies.
+    On the ``cpu_fused`` and ``triton`` backends the four scans run in one fused call that reads the grid in
+    place and adds the four outputs into one row-major result (:mod:`cliphaze.ops.scan.cross_fused`,
+    :func:`cliphaze.ops.scan.triton_scan.cross_scan_triton`); other backends get the explicit cross-scan copies.
 
     Args:
         x: (b, Dm, H, W) scan input.
@@ -141,11 +144,17 @@ def cross_selective_scan(
     """
     batch, dim, height, width = x.shape
     length = height * width
-    if fuse and not outside_graph and resolve_backend(backend, x.device) == "cpu_fused":
+    resolved = resolve_backend(backend, x.device) if fuse and not outside_graph else None
+    if resolved == "cpu_fused":
         from cliphaze.ops.scan.cross_fused import cross_scan_fused
 
         return cross_scan_fused(x.reshape(batch, dim, length), delta, A, B, C, D, delta_bias, height, width,
                                 delta_softplus)  # fmt: skip
+    if resolved == "triton":
+        from cliphaze.ops.scan.triton_scan import cross_scan_triton
+
+        return cross_scan_triton(x.reshape(batch, dim, length), delta, A, B, C, D, delta_bias, height, width,
+                                 delta_softplus)  # fmt: skip
     scan = selective_scan_outside_graph() if outside_graph else selective_scan
     k = NUM_DIRECTIONS
     ys = scan(

@@ -21,9 +21,13 @@ def bench() -> None:
 
 
 @bench.command("scan")
-def bench_scan() -> None:
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: SS2D's scan at 128x128, fp32. "
+                   "cuda: the 960x540 stage (L = 129,600, 4x96 channels), bf16.")  # fmt: skip
+def bench_scan(device: str) -> None:
     """Selective-scan backends, and SS2D's fused four-direction scan: forward and forward+backward time."""
     from pipelines.bench.scan import (
+        CUDA_CONFIG,
         ScanBenchConfig,
         format_cross_scan_report,
         format_scan_report,
@@ -31,7 +35,7 @@ def bench_scan() -> None:
         run_scan_benchmark,
     )
 
-    config = ScanBenchConfig()
+    config = CUDA_CONFIG if device == "cuda" else ScanBenchConfig()
     click.echo(format_scan_report(config, run_scan_benchmark(config)))
     click.echo(format_cross_scan_report(run_cross_scan_benchmark(config)))
 

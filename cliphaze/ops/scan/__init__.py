@@ -6,8 +6,10 @@ Backends (all with mamba_ssm's ``selective_scan_fn`` arguments and shapes, see `
 * ``chunked``: vectorized PyTorch, any device; the fallback.
 * ``cpu_fused``: numba kernels with their own backward; the fast CPU path.
 * ``mamba_cuda``: mamba_ssm's compiled CUDA kernel.
+* ``triton``: Triton kernels (CUDA; the CPU only under ``TRITON_INTERPRET=1``, for tests).
 
-``"auto"`` picks mamba_cuda (else chunked) for CUDA tensors and cpu_fused (else chunked) otherwise.
+``"auto"`` picks mamba_cuda, else triton, for CUDA tensors (chunked runs there only when named: it stores
+(b, D, N, L) states), and cpu_fused (else chunked) on the CPU.
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ import logging
 
 import torch
 
-from cliphaze.ops.scan.base import BackendUnavailable, ScanBackend, ScanError, ScanShapeError
+from cliphaze.ops.scan.base import BackendUnavailable, ScanBackend, ScanError, ScanShapeError, ScanTooLarge
 from cliphaze.ops.scan.chunked import ChunkedScan
 from cliphaze.ops.scan.cpu_fused import CpuFusedScan
 from cliphaze.ops.scan.mamba_cuda import MambaCudaScan
 from cliphaze.ops.scan.reference import ReferenceScan
+from cliphaze.ops.scan.triton_scan import TritonScan
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 # Every backend by name; an explicit table, no discovery.
 BACKENDS: dict[str, ScanBackend] = {
-    backend.name: backend for backend in (ReferenceScan(), ChunkedScan(), CpuFusedScan(), MambaCudaScan())
+    backend.name: backend for backend in (ReferenceScan(), ChunkedScan(), CpuFusedScan(), MambaCudaScan(), TritonScan())
 }
-# Preference order of "auto" per device type; the last entry is always available.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_cuda", "chunked"), "cpu": ("cpu_fused", "chunked")}
+# Preference order of "auto" per device type.
+# On CUDA, chunked (which stores (b, D, N, L) states) runs only when asked for by name.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_cuda", "triton"), "cpu": ("cpu_fused", "chunked")}
 # Preference order for any other device type (mps, xpu, ...).
 AUTO_ORDER_OTHER: tuple[str, ...] = ("chunked",)
 
@@ -41,6 +45,7 @@ __all__ = [
     "ScanBackend",
     "ScanError",
     "ScanShapeError",
+    "ScanTooLarge",
     "available_backends",
     "get_scan_backend",
     "resolve_backend",
@@ -102,7 +107,10 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
                 _AUTO_LOG.once(dev.type, candidate)
                 return candidate
             logger.debug("scan backend %r unavailable on %s: %s", candidate, dev.type, reason)
-        raise BackendUnavailable(f"no scan backend can run on {dev}")  # chunked always can; kept for safety
+        raise BackendUnavailable(
+            f"no scan backend of {AUTO_ORDER.get(dev.type, AUTO_ORDER_OTHER)} can run on {dev}; "
+            "install one, or name 'chunked' explicitly"
+        )
     ok, reason = get_scan_backend(name).available(dev)
     if not ok:
         raise BackendUnavailable(f"scan backend {name!r} is unavailable on {dev}: {reason}")

@@ -33,6 +33,10 @@ class BackendUnavailable(ScanError, RuntimeError):
     """A scan backend was asked for by name but cannot run here; the message says how to install it."""
 
 
+class ScanTooLarge(ScanError, RuntimeError):
+    """A backend refuses a problem whose working set cannot fit in the device's free memory."""
+
+
 class ScanShapeError(ScanError, ValueError):
     """The scan arguments do not have mamba_ssm's shapes."""
 

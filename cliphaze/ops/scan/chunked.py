@@ -7,7 +7,8 @@ chunk adds ``e^{S_t}`` times the state carried in. ``T`` is picked per call so t
 ``MAX_LOG_SPAN`` inside a chunk: ``e^{−S}`` then never overflows, whatever ``delta`` and ``A`` are.
 Per-step decays below ``e^{−MAX_LOG_SPAN/2}`` are clamped there (they zero the state to far below
 float32 resolution either way). Runs on any device and is differentiable through autograd; it
-materialises (b, Dm, N, L) tensors, so it is memory-bound on CPU.
+materialises (b, Dm, N, L) tensors, so it is memory-bound on CPU, and on CUDA it refuses (``ScanTooLarge``)
+a problem whose working set cannot fit in the device's free memory, before allocating any of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from cliphaze.ops.scan.base import (
     ScanResult,
+    ScanTooLarge,
     check_scan_args,
     compute_dtype,
     effective_delta,
@@ -30,6 +32,30 @@ MAX_LOG_SPAN = 64.0
 MAX_CHUNK = 64
 # Shortest chunk; two halves the sequence per recursion level at worst.
 MIN_CHUNK = 2
+# (b, Dm, N, L) float32 tensors alive at once in the forward (log-decay, input, cumulative sum, exponentials):
+# a lower bound of the working set, so a refused size would certainly not have fitted.
+WORKING_SET_COPIES = 4
+_GIB = 2**30
+
+
+def check_fits_in_memory(batch: int, dim: int, d_state: int, length: int, free_bytes: int) -> None:
+    """Raise ScanTooLarge when the (b, Dm, N, L) working set of the scan exceeds ``free_bytes``.
+
+    The estimate uses shapes only: ``WORKING_SET_COPIES`` float32 tensors of (b, Dm, N, L).
+    """
+    need = WORKING_SET_COPIES * batch * dim * d_state * length * 4
+    if need > free_bytes:
+        raise ScanTooLarge(
+            f"scan backend 'chunked' needs about {need / _GIB:.1f} GiB for its (b, D, N, L) = "
+            f"({batch}, {dim}, {d_state}, {length}) float32 states but the device has {free_bytes / _GIB:.1f} GiB "
+            "free; use backend 'triton' (or 'auto')"
+        )
+
+
+def _free_cuda_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, counting what PyTorch's caching allocator holds unused."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def _chunk_length(log_decay: torch.Tensor) -> int:
@@ -98,10 +124,16 @@ class ChunkedScan:
         delta_softplus: bool = False,
         return_last_state: bool = False,
     ) -> ScanResult:
-        """See ``cliphaze.ops.scan.base`` for shapes. The last state (b, Dm, N) carries grad here."""
+        """See ``cliphaze.ops.scan.base`` for shapes. The last state (b, Dm, N) carries grad here.
+
+        Raises:
+            ScanTooLarge: on CUDA, the (b, Dm, N, L) working set exceeds the device's free memory.
+        """
         check_scan_args(u, delta, A, B, C, D, z, delta_bias)
         dtype = compute_dtype(u)
         batch, dim, length = u.shape
+        if u.device.type == "cuda":
+            check_fits_in_memory(batch, dim, A.shape[1], length, _free_cuda_bytes(u.device))
         dt = effective_delta(delta, delta_bias, delta_softplus, dtype)  # (b, Dm, L)
         b_mat = expand_bc(B.to(dtype), batch, dim, length)  # (b|1, Dm, N, L|1)
         c_mat = expand_bc(C.to(dtype), batch, dim, length)

@@ -8,7 +8,17 @@ import pytest
 import torch
 from scan_cases import ScanCase, spec_vector
 
-from cliphaze.ops import BackendUnavailable, ScanShapeError, available_backends, resolve_backend, selective_scan
+from cliphaze.ops import (
+    BackendUnavailable,
+    ScanError,
+    ScanShapeError,
+    ScanTooLarge,
+    available_backends,
+    resolve_backend,
+    selective_scan,
+)
+from cliphaze.ops.scan import AUTO_ORDER
+from cliphaze.ops.scan.chunked import WORKING_SET_COPIES, check_fits_in_memory
 
 CPU_BACKENDS = ["reference", "chunked", "cpu_fused"]
 FAST_BACKENDS = ["chunked", "cpu_fused"]
@@ -134,3 +144,27 @@ def test_unknown_backend_and_bad_shapes_raise() -> None:
         selective_scan(**bad, backend="chunked")
     with pytest.raises(ScanShapeError, match="A must be"):
         selective_scan(**{**args, "A": torch.zeros(3, 2)}, backend="cpu_fused")
+
+
+def test_auto_on_cpu_stays_cpu_fused_and_triton_needs_the_interpreter_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ok, reason = available_backends("cpu")["triton"]
+    assert not ok and "TRITON_INTERPRET" in reason
+    with pytest.raises(BackendUnavailable, match="triton"):
+        selective_scan(**ScanCase(1, 2, 2, 4).make(), backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the backend may then be named on the CPU (tests) ...
+    assert resolve_backend("auto", "cpu") == "cpu_fused"  # ... but "auto" never picks it there
+
+
+def test_auto_on_cuda_prefers_mamba_cuda_then_triton_and_never_chunked() -> None:
+    assert AUTO_ORDER["cuda"] == ("mamba_cuda", "triton")
+
+
+def test_chunked_refuses_a_working_set_larger_than_the_free_memory() -> None:
+    # The 960x540 stage: b=1, 4x96 channels, N=16, L=129,600 -> 3.2 GB per (b, D, N, L) fp32 tensor.
+    size = (1, 384, 16, 129_600)
+    per_tensor = 384 * 16 * 129_600 * 4
+    check_fits_in_memory(*size, free_bytes=WORKING_SET_COPIES * per_tensor)  # fits exactly: no error
+    with pytest.raises(ScanTooLarge, match=r"'chunked' needs about 11\.9 GiB .* 2\.0 GiB free; use backend 'triton'"):
+        check_fits_in_memory(*size, free_bytes=2 * 2**30)
+    assert issubclass(ScanTooLarge, ScanError)

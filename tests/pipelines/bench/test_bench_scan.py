@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from cliphaze.ops import ScanTooLarge
+from pipelines.bench import scan as bench_module
 from pipelines.bench.scan import (
+    CUDA_CONFIG,
+    OUT_OF_MEMORY,
     ScanBenchConfig,
     format_cross_scan_report,
     format_scan_report,
@@ -28,3 +34,32 @@ def test_cross_scan_benchmark_compares_the_fused_call_on_cpu() -> None:
     assert result.fused_ms is not None and min(*result.fused_ms, *result.unfused_ms) > 0
     report = format_cross_scan_report(result)
     assert "copies + scan" in report and "fused" in report
+
+
+def test_a_backend_that_cannot_hold_the_problem_is_reported_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bench_module.selective_scan
+
+    def refusing(*args, backend: str, **kwargs):
+        if backend == "chunked":
+            raise ScanTooLarge("scan backend 'chunked' needs about 12 GiB")
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(bench_module, "selective_scan", refusing)
+    results = run_scan_benchmark(TINY, ["chunked", "reference"])
+    assert results[0].note == OUT_OF_MEMORY and results[0].forward_ms is None
+    assert results[1].forward_ms is not None and results[1].note is None
+    assert "out of memory" in format_scan_report(TINY, results)
+
+
+def test_the_cuda_configuration_is_the_issue_size() -> None:
+    assert (CUDA_CONFIG.batch, CUDA_CONFIG.directions * CUDA_CONFIG.d_inner, CUDA_CONFIG.d_state) == (1, 384, 16)
+    assert CUDA_CONFIG.height * CUDA_CONFIG.width == 129_600 and CUDA_CONFIG.dtype == "bfloat16"
+
+
+@pytest.mark.gpu
+def test_cuda_scan_benchmark_reports_triton_and_chunked() -> None:
+    results = run_scan_benchmark(CUDA_CONFIG, ["triton", "chunked"])
+    assert results[0].backend == "triton" and results[0].forward_backward_ms is not None
+    assert results[1].backend == "chunked"
+    cross = run_cross_scan_benchmark(CUDA_CONFIG)
+    assert cross.backend in ("triton", "mamba_cuda")

@@ -38,9 +38,19 @@ def clear_and_hazy() -> tuple[np.ndarray, np.ndarray]:
     return clear, np.clip(hazy * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def test_both_implement_the_protocol() -> None:
-    assert isinstance(DarkChannelDehazer(), Dehazer) and isinstance(PassthroughDehazer(), Dehazer)
-    assert not DarkChannelDehazer().uses_guidance and not PassthroughDehazer().uses_guidance
+@pytest.mark.parametrize("make", [DarkChannelDehazer, PassthroughDehazer], ids=["dcp", "none"])
+def test_both_keep_the_dehazer_contract(make: type[Dehazer], clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    """What pipelines rely on (cliphaze.dehazer.Dehazer), by behaviour: uint8 (N, H, W, 3) in and out on the
+    dehazer's device at any scale; restore takes encode_guidance's result or None alike (no guidance to cache)."""
+    _, hazy = clear_and_hazy
+    frames = torch.from_numpy(np.stack([hazy[:48, :64], hazy[100:148, 200:264]]))
+    dehazer = make()
+    assert dehazer.device == torch.device("cpu") and not dehazer.uses_guidance
+    out = dehazer.restore(frames, dehazer.encode_guidance(frames))
+    assert out.shape == frames.shape and out.dtype == torch.uint8 and out.device == dehazer.device
+    assert torch.equal(out, make().restore(frames, None))
+    half = make().restore(frames, None, scale=0.5)
+    assert half.shape == frames.shape and half.dtype == torch.uint8
 
 
 def test_passthrough_is_identity() -> None:

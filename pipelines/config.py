@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 DROP_POLICIES = ("block", "drop_oldest")
 
 
@@ -38,8 +37,6 @@ class PipelineConfig:
 
     batch: int = 1  # frames per restore call (micro-batching)
     queue_depth: int = 4  # capacity of each inter-stage queue, in items (frames before upload, batches after)
-    device: str = "cpu"  # requested device, for the record (the dehazer's own device is what runs)
-    precision: str = "fp32"  # requested network precision, for the record (the dehazer applies it)
     guidance: GuidanceCacheConfig = field(default_factory=GuidanceCacheConfig)  # guidance cache policy
     scale: float = 1.0  # network resolution factor passed to Dehazer.restore, in (0, 1]
     live_drop_policy: str = "drop_oldest"  # live sources: what decode does when the pipeline is full
@@ -55,8 +52,6 @@ class PipelineConfig:
             raise PipelineConfigError(f"batch must be >= 1, got {self.batch}")
         if self.queue_depth < 1:
             raise PipelineConfigError(f"queue depth must be >= 1, got {self.queue_depth}")
-        if self.precision not in PRECISIONS:
-            raise PipelineConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 < self.scale <= 1.0:
             raise PipelineConfigError(f"scale must be in (0, 1], got {self.scale}")
         if self.live_drop_policy not in DROP_POLICIES:

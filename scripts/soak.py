@@ -237,7 +237,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         camera_fps = float(source.info.fps or 25)
         dehazer = create_dehazer(choose_dehazer(args.model, args.weights), device)
         sink = GapFiller(open_sink(output, source.info, EncoderConfig(preset="ultrafast")), source.info)
-        config = PipelineConfig(device=str(device))
+        config = PipelineConfig()
 
         def body() -> None:
             try:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from cliphaze.bundle import BundleError, load_bundle, save_bundle
 from cliphaze.clip import ClipSpec, GuidanceConfig, GuidanceEncoder, create_clip, create_daclip, to_official_state_dict
 from cliphaze.clip.prompts import text_prompt_set
-from cliphaze.inference import ClipHazeDehazer, DehazerConfigError, load_dehazer
+from cliphaze.inference import ClipHazeDehazer, DehazerConfigError
 from cliphaze.factory import create_model
 from cliphaze.preprocess import frames_to_model, model_to_frames
 
@@ -130,7 +130,7 @@ def test_referenced_bundle_loads_towers_by_path(encoder: GuidanceEncoder, net, c
     path = tmp_path / "bundle_ref.safetensors"
     save_bundle(path, net, encoder)
     assert path.stat().st_size < clip_file.stat().st_size  # towers not embedded
-    assert torch.equal(load_dehazer(path, scan_backend=SCAN).restore(frames, None), expected)
+    assert torch.equal(ClipHazeDehazer.from_bundle(path, scan_backend=SCAN).restore(frames, None), expected)
     # Relocated tower files are accepted; different CLIP weights are refused.
     moved = tmp_path / "moved_clip.safetensors"
     moved.write_bytes(clip_file.read_bytes())

@@ -131,4 +131,4 @@ class FrameDone:
     frames_out: int
     frames_dropped: int
     fps: float  # frames written per second so far
-    queue_depths: tuple[int, ...]  # items waiting in each inter-stage queue, upstream first
+    queue_depths: tuple[int, ...]  # items waiting per queue, upstream first: the source's frames, then each stage's

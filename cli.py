@@ -24,6 +24,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
+# Choice lists from their owning modules (torch- and av-free, so --help stays light).
+from cliphaze.run_options import COMPILE_MODES, PRECISION_NAMES
+from pipelines.dehazers import MODEL_CHOICES
+
+# stream.hwdec.HWDEC_CHOICES, written out: that module imports av (tests/test_cli.py checks they agree).
+HWDEC_CHOICES = ("none", "auto", "cuda")
+
 logger = logging.getLogger(__name__)
 
 EXIT_RUNTIME = 1
@@ -186,16 +193,14 @@ def main(ctx: click.Context) -> None:
 
 
 def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from pipelines.config import PRECISIONS
-
     for option in reversed(
         [
-            click.option("--model", "model", type=click.Choice(["auto", "cliphaze", "dcp", "none"]), default="auto",
+            click.option("--model", "model", type=click.Choice(MODEL_CHOICES), default="auto",
                          show_default=True, help="auto = trained CLIPHaze when installed, else dcp."),
             click.option("--weights", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                          help="CLIPHaze bundle (.safetensors)."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-            click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+            click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True),
             click.option("--scan-backend", default="auto", show_default=True, help="Selective-scan backend."),
             click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
                          help="CPU threads for the dehazer; 0 = half the cores (decode/encode need the rest)."),
@@ -332,11 +337,11 @@ def _handle_signals(stop: threading.Event) -> None:
 @click.option("--guidance-every", type=int, default=8, show_default=True, help="Refresh CLIP guidance every N frames.")
 @click.option("--guidance-ema", type=float, default=0.5, show_default=True, help="Weight of fresh guidance (1 = none).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Network resolution factor in (0, 1].")
-@click.option("--compile", "compile_mode", type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_MODES),
               default="off", show_default=True,
               help="torch.compile the cliphaze network (reduce-overhead = CUDA graphs, CUDA only; the first frame "
                    "compiles).")  # fmt: skip
-@click.option("--hwdec", type=click.Choice(["none", "auto", "cuda"]), default="none", show_default=True,
+@click.option("--hwdec", type=click.Choice(HWDEC_CHOICES), default="none", show_default=True,
               help="Decode on the GPU (NVDEC via PyAV hwaccel); falls back to the CPU, saying why. Not yet measured "
                    "on a GPU, hence off by default.")  # fmt: skip
 @click.option("--codec", default="libx264", show_default=True, help="libx264, libx265, h264_nvenc, hevc_nvenc, auto.")
@@ -374,8 +379,6 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
         _check_output_is_not_input(source, output, output_format)
     pipeline = PipelineConfig(
         batch=batch,
-        device=device,
-        precision=precision,
         guidance=GuidanceCacheConfig(refresh_every=guidance_every, ema_weight=guidance_ema),
         scale=scale,
         side_by_side=side_by_side,
@@ -431,8 +434,8 @@ def demo(app: AppContext, output: str, model: str, weights: Path | None, device:
     with importlib.resources.as_file(importlib.resources.files("cliphaze") / "assets" / SAMPLE_CLIP) as sample:
         if not sample.is_file():
             raise RuntimeFailure(f"the bundled sample clip {SAMPLE_CLIP} is missing from this installation")
-        job = DehazeJob(str(sample), output, None, PipelineConfig(device=device, precision=precision,
-                        side_by_side=True, scale=scale), EncoderConfig(), None, None, "127.0.0.1", None)  # fmt: skip
+        job = DehazeJob(str(sample), output, None, PipelineConfig(side_by_side=True, scale=scale), EncoderConfig(),
+                        None, None, "127.0.0.1", None)  # fmt: skip
         stats, dehazer = run_job(job, plan, stop)
     click.echo(f"wrote {output}: {stats.frames_out} frames, hazy | dehazed ({dehazer.name}, {stats.fps:.1f} fps)")
 

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cliphaze.run_options import COMPILE_MODES, CUDA_GRAPHS, OFF
+
 if TYPE_CHECKING:
     from cliphaze.model import ClipHazeNet
 
 logger = logging.getLogger(__name__)
 
-OFF = "off"
-CUDA_GRAPHS = "reduce-overhead"  # torch.compile's mode name for CUDA graphs
-COMPILE_MODES = (OFF, "default", CUDA_GRAPHS, "max-autotune")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # aot_eager/eager: fast to build (tests, debugging)
 
 

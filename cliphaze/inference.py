@@ -207,12 +207,3 @@ def check_compatible(net: ClipHazeNet, encoder: GuidanceEncoder | None) -> None:
             raise DehazerConfigError(
                 f"network expects {guidance.semantic_dim}-d semantic tokens, the CLIP gives {encoder.token_dim}-d"
             )
-
-
-def load_dehazer(
-    path: str | os.PathLike[str], *, device: torch.device | str = "cpu", precision: str = "fp32",
-    scan_backend: str = "auto", compile_mode: str = OFF, **bundle_options: str | None,
-) -> ClipHazeDehazer:
-    """Convenience: :meth:`ClipHazeDehazer.from_bundle`."""
-    return ClipHazeDehazer.from_bundle(path, device=device, precision=precision, scan_backend=scan_backend,
-                                       compile_mode=compile_mode, **bundle_options)

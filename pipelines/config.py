@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-DROP_POLICIES = ("block", "drop_oldest")
-
 
 class PipelineConfigError(ValueError):
     """A pipeline setting out of range (reported to users as bad input)."""
@@ -37,12 +34,9 @@ class PipelineConfig:
     """Everything the runner needs besides source, sink and dehazer."""
 
     batch: int = 1  # frames per restore call (micro-batching)
-    queue_depth: int = 4  # capacity of each inter-stage queue, in items (frames before upload, batches after)
-    device: str = "cpu"  # requested device, for the record (the dehazer's own device is what runs)
-    precision: str = "fp32"  # requested network precision, for the record (the dehazer applies it)
+    queue_depth: int = 4  # capacity of each inter-stage queue, in batches (the source keeps its own frame queue)
     guidance: GuidanceCacheConfig = field(default_factory=GuidanceCacheConfig)  # guidance cache policy
     scale: float = 1.0  # network resolution factor passed to Dehazer.restore, in (0, 1]
-    live_drop_policy: str = "drop_oldest"  # live sources: what decode does when the pipeline is full
     side_by_side: bool = False  # output frames are [input | restored], twice as wide
     max_frames: int | None = None  # stop after this many source frames (None = until end of stream)
     max_duration_s: float | None = None  # stop after this much source time (None = until end of stream)
@@ -55,12 +49,8 @@ class PipelineConfig:
             raise PipelineConfigError(f"batch must be >= 1, got {self.batch}")
         if self.queue_depth < 1:
             raise PipelineConfigError(f"queue depth must be >= 1, got {self.queue_depth}")
-        if self.precision not in PRECISIONS:
-            raise PipelineConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 < self.scale <= 1.0:
             raise PipelineConfigError(f"scale must be in (0, 1], got {self.scale}")
-        if self.live_drop_policy not in DROP_POLICIES:
-            raise PipelineConfigError(f"live drop policy must be one of {', '.join(DROP_POLICIES)}")
         if self.max_frames is not None and self.max_frames < 1:
             raise PipelineConfigError(f"max frames must be >= 1, got {self.max_frames}")
         if self.max_duration_s is not None and not (math.isfinite(self.max_duration_s) and self.max_duration_s > 0):

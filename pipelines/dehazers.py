@@ -14,10 +14,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch-free at import: the CLI reads MODEL_CHOICES while it builds its options
+    import torch
 
-from cliphaze.dehazer import Dehazer
+    from cliphaze.dehazer import Dehazer
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ def resolve_device(text: str) -> torch.device:
     """
     if not _DEVICE_RE.match(text):
         raise DehazerChoiceError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N")
+    import torch
+
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(text)
@@ -132,8 +136,8 @@ def create_dehazer(
         from cliphaze.baselines.none import PassthroughDehazer
 
         return PassthroughDehazer(device)
-    from cliphaze.inference import load_dehazer
+    from cliphaze.inference import ClipHazeDehazer
 
     assert choice.weights is not None  # choose_dehazer guarantees it
-    return load_dehazer(choice.weights, device=device, precision=precision, scan_backend=scan_backend,
-                        compile_mode=compile_mode)
+    return ClipHazeDehazer.from_bundle(choice.weights, device=device, precision=precision, scan_backend=scan_backend,
+                                       compile_mode=compile_mode)

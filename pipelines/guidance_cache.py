@@ -52,7 +52,6 @@ class CacheResult:
     """Guidance of one batch."""
 
     guidance: Guidance  # for restore: batch N, or batch 1 when all frames share one
-    per_frame: list[Guidance]  # the batch-1 guidance of each frame
     densities: list[float] | None  # mean haze density of each frame's guidance in [0, 1] (None: no density map)
     ready: Marker | None  # restoration waits for this (fresh guidance only); None when nothing new was made
 
@@ -156,4 +155,4 @@ class GuidanceCache:
             batch = Guidance.cat(per_frame)
         self.streams.to_compute(batch.density, batch.tokens)
         known = None if any(d is None for d in densities) else [float(d) for d in densities if d is not None]
-        return CacheResult(guidance=batch, per_frame=per_frame, densities=known, ready=ready)
+        return CacheResult(guidance=batch, densities=known, ready=ready)

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1"  # loopback only: exposing metrics beyond the host is an explicit choice
 # Latency histogram buckets in milliseconds (real-time video: 40 ms is one frame at 25 fps).
 LATENCY_BUCKETS_MS = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, 5120.0)
+# The queues of FrameDone.queue_depths; "decode_upload" is the source's own frame queue, which upload reads.
 STAGE_QUEUES = ("decode_upload", "upload_guidance", "guidance_restore", "restore_download", "download_encode")
 
 

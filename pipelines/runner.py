@@ -1,4 +1,4 @@
-"""``run``: wire the six stages, start their threads, wait, surface the first error, return stats."""
+"""``run``: wire the five stages, start their threads, wait, surface the first error, return stats."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from pipelines.stages import (
     FrameSink,
     FrameSource,
     Message,
-    decode_stage,
     download_stage,
     encode_stage,
     guidance_stage,
     restore_stage,
+    source_count,
     upload_stage,
 )
 from pipelines.stats import FrameDone, RunStats, StatsCollector
@@ -31,15 +31,9 @@ from stream.records import EndOfStream
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("decode", "upload", "guidance", "restore", "download", "encode")
+STAGES = ("upload", "guidance", "restore", "download", "encode")  # upload reads the source's own queue
 # After an abort, how long to wait for a stage stuck in I/O (e.g. a blocking live read) before leaving it.
 ABORT_JOIN_S = 5.0
-
-
-def _source_count(source: FrameSource, name: str) -> int:
-    """A counter (``reconnects``, ``drops``, ``corrupt_packets``) from the source's ``stats``, 0 when it keeps none."""
-    stats = getattr(source, "stats", None)
-    return int(getattr(stats, name, 0) or 0)
 
 
 def run(
@@ -57,8 +51,8 @@ def run(
     raises: that flushes the encoder and finalizes the file).
 
     Args:
-        source: iterable of ``Frame`` with ``info`` (``is_live`` selects the drop policy), optionally
-            ``end`` (the ``EndOfStream`` with trailing audio) and ``stats.reconnects``.
+        source: iterable of ``Frame`` with ``info`` (``is_live``: batches do not wait for frames), optionally
+            ``end`` and ``stats`` (see ``stages.FrameSource``); a live source drops frames itself.
         sink: object with ``write(frame)``; frames arrive in source order with their pts and audio.
         dehazer: any ``Dehazer``; frames are handed to it on ``dehazer.device``.
         config: engine settings.
@@ -84,17 +78,17 @@ def run(
         streams=streams,
         dehazer=dehazer,
         cache=GuidanceCache(dehazer, config.guidance, streams) if use_cache else None,
+        source=source,
         queues=queues,
         is_live=bool(source.info.is_live),
     )
     q = queues
     targets: list[tuple[str, Callable[[], None]]] = [
-        ("decode", lambda: decode_stage(ctx, source, q[0])),
-        ("upload", lambda: upload_stage(ctx, q[0], q[1])),
-        ("guidance", lambda: guidance_stage(ctx, q[1], q[2])),
-        ("restore", lambda: restore_stage(ctx, q[2], q[3])),
-        ("download", lambda: download_stage(ctx, q[3], q[4])),
-        ("encode", lambda: encode_stage(ctx, q[4], sink, on_frame, on_end)),
+        ("upload", lambda: upload_stage(ctx, source, q[0])),
+        ("guidance", lambda: guidance_stage(ctx, q[0], q[1])),
+        ("restore", lambda: restore_stage(ctx, q[1], q[2])),
+        ("download", lambda: download_stage(ctx, q[2], q[3])),
+        ("encode", lambda: encode_stage(ctx, q[3], sink, on_frame, on_end)),
     ]
 
     def guarded(stage: str, target: Callable[[], None]) -> Callable[[], None]:
@@ -128,12 +122,12 @@ def run(
         logger.debug("run failed in stage %s", stage)
         raise error
     cache = ctx.cache
-    stats.dropped(_source_count(source, "drops"))  # the source's own keep-latest drops count too
+    stats.dropped(source_count(source, "drops") or 0)  # live sources drop their oldest frames themselves
     return stats.summary(
-        reconnects=_source_count(source, "reconnects"),
+        reconnects=source_count(source, "reconnects") or 0,
         hits=cache.counters.hits if cache else 0,
         misses=cache.counters.misses if cache else 0,
         invalidations=cache.counters.invalidations if cache else 0,
         stopped=ctx.stopped_early,
-        corrupt_packets=_source_count(source, "corrupt_packets"),
+        corrupt_packets=source_count(source, "corrupt_packets") or 0,
     )

@@ -1,10 +1,12 @@
-"""The six stage workers and the messages between them.
+"""The five stage workers and the messages between them.
 
-decode -> upload -> guidance -> restore -> download -> encode. Each stage is one thread reading one
-bounded queue and writing the next, so frames leave in the order they arrived. ``EndOfStream`` flows
-through every queue; a stage forwards it and returns, which drains the pipeline. ``Control`` carries
-the caller's stop request (graceful: decode stops reading, the rest drains) and the abort flag (the
-first error anywhere stops every stage at once).
+(source) -> upload -> guidance -> restore -> download -> encode. The source decodes on its own reader
+thread into its own bounded queue (``stream.frame_queue.FrameQueue``: lossless for files, drop-oldest
+with audio carry-over for live sources), and the upload stage takes frames straight from it. Each later
+stage is one thread reading one bounded queue and writing the next, so frames leave in the order they
+arrived. ``EndOfStream`` flows through every queue; a stage forwards it and returns, which drains the
+pipeline. ``Control`` carries the caller's stop request (graceful: upload stops reading, the rest drains)
+and the abort flag (the first error anywhere stops every stage at once).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,13 +33,27 @@ from stream.records import EndOfStream, Frame, VideoInfo
 
 logger = logging.getLogger(__name__)
 
+# Live batching: how often the upload stage looks for the next frame while a partial batch waits.
+BATCH_POLL_S = 0.0005
+
 
 class FrameSource(Protocol):
-    """What the engine reads: ``stream.source.open_source`` returns one; tests use fakes."""
+    """What the engine reads: ``stream.source.open_source`` returns one; tests use fakes.
+
+    Optional: ``end`` (the ``EndOfStream`` with trailing audio) and ``stats`` with ``queue_depth`` (frames
+    decoded, not yet taken: lets a live batch stop waiting), ``drops``, ``reconnects``, ``corrupt_packets``.
+    A live source drops its oldest frames itself when the engine falls behind (``stream.frame_queue``).
+    """
 
     info: VideoInfo
 
     def __iter__(self) -> Iterator[Frame]: ...
+
+
+def source_count(source: FrameSource, name: str) -> int | None:
+    """A counter of the source's ``stats`` (``queue_depth``, ``drops``, ...), None when it keeps none."""
+    value = getattr(getattr(source, "stats", None), name, None)
+    return None if value is None else int(value)
 
 
 class FrameSink(Protocol):
@@ -52,7 +68,7 @@ class Aborted(Exception):
 
 @dataclass
 class FrameItem:
-    """A decoded frame and the moment it left the decoder (perf_counter seconds)."""
+    """A decoded frame and the moment the engine took it from the source (perf_counter seconds)."""
 
     frame: Frame
     entered_s: float
@@ -109,39 +125,15 @@ class Control:
             except queue.Full:
                 continue
 
-    def get(self, q: queue.Queue[Message], timeout_s: float | None = None) -> Message | None:
-        """Next message; None only when ``timeout_s`` passes first."""
-        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
-        while True:
-            if self.abort.is_set():
-                raise Aborted
-            wait = self.poll_s if deadline is None else min(self.poll_s, max(0.0, deadline - time.perf_counter()))
-            try:
-                return q.get(timeout=wait)
-            except queue.Empty:
-                if deadline is not None and time.perf_counter() >= deadline:
-                    return None
-
-    def put_latest(self, q: queue.Queue[Message], item: FrameItem, stats: StatsCollector) -> None:
-        """Live sources: never block; when full, drop the oldest frame (its audio moves to ``item``)."""
+    def get(self, q: queue.Queue[Message]) -> Message:
+        """Next message (waits; raises ``Aborted`` once another stage failed)."""
         while True:
             if self.abort.is_set():
                 raise Aborted
             try:
-                q.put_nowait(item)
-                return
-            except queue.Full:
-                pass
-            try:
-                oldest = q.get_nowait()
+                return q.get(timeout=self.poll_s)
             except queue.Empty:
                 continue
-            if not isinstance(oldest, FrameItem):  # only frames are ever dropped
-                self.put(q, oldest)
-                continue
-            stats.dropped()
-            packets = oldest.frame.packets + item.frame.packets
-            item = FrameItem(dataclasses.replace(item.frame, packets=packets), item.entered_s)
 
 
 @dataclass
@@ -154,7 +146,8 @@ class Context:
     streams: Streams
     dehazer: Dehazer
     cache: GuidanceCache | None  # None: guidance is neither used nor logged
-    queues: list[queue.Queue[Message]]  # the five inter-stage queues, upstream first
+    source: FrameSource  # read by the upload stage; its queue depth and drops go into the progress events
+    queues: list[queue.Queue[Message]]  # the four inter-stage queues, upstream first
     is_live: bool
     stopped_early: bool = False
 
@@ -162,13 +155,42 @@ class Context:
         self.stats.busy(stage, time.perf_counter() - started_s)
 
 
-def decode_stage(ctx: Context, source: Iterable[Frame], out: queue.Queue[Message]) -> None:
-    """Read frames until end of stream, a stop request or a frame/duration limit."""
+def _frame_waiting(source: FrameSource, wait_s: float) -> bool:
+    """Live batching: True once the source has a frame ready (within ``wait_s``); plain iterables always do."""
+    deadline = time.perf_counter() + wait_s
+    while True:
+        waiting = source_count(source, "queue_depth")
+        if waiting is None or waiting > 0:
+            return True
+        if time.perf_counter() >= deadline:
+            return False
+        time.sleep(BATCH_POLL_S)
+
+
+def upload_stage(ctx: Context, source: FrameSource, out: queue.Queue[Message]) -> None:
+    """Take frames from the source until end of stream, a stop request or a frame/duration limit; group
+    them into batches of equal size and copy them to the device."""
     cfg = ctx.config
-    end: EndOfStream | None = None
+    frames = iter(source)
+    pending: list[FrameItem] = []
     first_time_s: float | None = None
     count = 0
-    for frame in source:
+    end: EndOfStream | None = None
+
+    def flush() -> None:
+        started = time.perf_counter()
+        batch, marker = ctx.streams.upload([it.frame.data for it in pending])
+        ctx.timed("upload", started)
+        ctx.control.put(out, BatchItem(items=list(pending), frames=batch, uploaded=marker))
+        pending.clear()
+
+    while True:
+        if pending and ctx.is_live and not _frame_waiting(source, cfg.batch_wait_s):
+            flush()  # live: the batch did not fill in time
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
         if ctx.control.abort.is_set():
             raise Aborted
         if frame.time_s is not None:
@@ -176,15 +198,17 @@ def decode_stage(ctx: Context, source: Iterable[Frame], out: queue.Queue[Message
             if cfg.max_duration_s is not None and frame.time_s - first_time_s >= cfg.max_duration_s:
                 end = EndOfStream(source_id=frame.source_id, reason="stopped")
                 break
-        item = FrameItem(frame, ctx.stats.frame_in())
-        if ctx.is_live and cfg.live_drop_policy == "drop_oldest":
-            ctx.control.put_latest(out, item, ctx.stats)
-        else:
-            ctx.control.put(out, item)
+        if pending and pending[0].frame.data.shape != frame.data.shape:
+            flush()  # a resolution change starts a new batch
+        pending.append(FrameItem(frame, ctx.stats.frame_in()))
         count += 1
+        if len(pending) >= cfg.batch:
+            flush()
         if ctx.control.stop.is_set() or (cfg.max_frames is not None and count >= cfg.max_frames):
             end = EndOfStream(source_id=frame.source_id, reason="stopped")
             break
+    if pending:
+        flush()
     if end is None:
         end = getattr(source, "end", None) or EndOfStream()
     else:
@@ -193,42 +217,11 @@ def decode_stage(ctx: Context, source: Iterable[Frame], out: queue.Queue[Message
     ctx.control.put(out, end)
 
 
-def upload_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
-    """Group frames into batches of equal size and copy them to the device."""
-    pending: list[FrameItem] = []
-
-    def flush() -> None:
-        started = time.perf_counter()
-        frames, marker = ctx.streams.upload([it.frame.data for it in pending])
-        ctx.timed("upload", started)
-        ctx.control.put(out, BatchItem(items=list(pending), frames=frames, uploaded=marker))
-        pending.clear()
-
-    while True:
-        wait_s = ctx.config.batch_wait_s if (pending and ctx.is_live) else None
-        msg = ctx.control.get(inp, wait_s)
-        if msg is None:  # live: the batch did not fill in time
-            flush()
-            continue
-        if isinstance(msg, EndOfStream):
-            if pending:
-                flush()
-            ctx.control.put(out, msg)
-            return
-        assert isinstance(msg, FrameItem)
-        if pending and pending[0].frame.data.shape != msg.frame.data.shape:
-            flush()  # a resolution change starts a new batch
-        pending.append(msg)
-        if len(pending) >= ctx.config.batch:
-            flush()
-
-
 def _relay(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message],
            on_batch: Callable[[BatchItem], Message]) -> None:  # fmt: skip
     """The loop of the middle stages: batches go through ``on_batch``, anything else passes; EndOfStream ends it."""
     while True:
         msg = ctx.control.get(inp)
-        assert msg is not None
         ctx.control.put(out, on_batch(msg) if isinstance(msg, BatchItem) else msg)
         if isinstance(msg, EndOfStream):
             return
@@ -320,8 +313,9 @@ def encode_stage(
                         density=None if msg.density is None else msg.density[i],
                         frames_in=stats.frames_in,
                         frames_out=stats.frames_out,
-                        frames_dropped=stats.frames_dropped,
+                        frames_dropped=stats.frames_dropped + (source_count(ctx.source, "drops") or 0),
                         fps=stats.fps(),
-                        queue_depths=tuple(q.qsize() for q in ctx.queues),
+                        queue_depths=(source_count(ctx.source, "queue_depth") or 0,
+                                      *(q.qsize() for q in ctx.queues)),  # fmt: skip
                     )
                 )

@@ -20,7 +20,7 @@ class RunStats:
 
     frames_in: int  # frames delivered by the source
     frames_out: int  # frames written to the sink
-    frames_dropped: int  # frames discarded by the live drop policy
+    frames_dropped: int  # frames a live source dropped (its keep-latest queue) because the engine fell behind
     reconnects: int  # source reconnects (live sources)
     wall_s: float  # from the start of the run to the last frame written
     fps: float  # frames_out / wall_s
@@ -131,4 +131,4 @@ class FrameDone:
     frames_out: int
     frames_dropped: int
     fps: float  # frames written per second so far
-    queue_depths: tuple[int, ...]  # items waiting in each inter-stage queue, upstream first
+    queue_depths: tuple[int, ...]  # items waiting per queue, upstream first: the source's frames, then each stage's

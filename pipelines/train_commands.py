@@ -20,9 +20,10 @@ from pathlib import Path
 
 import click
 
+from cliphaze.config import VARIANTS
+
 logger = logging.getLogger(__name__)
 
-VARIANT_CHOICES = ("cliphaze-tiny", "cliphaze-t", "cliphaze-s", "cliphaze-b")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".ts", ".webm", ".m4v")
 # Synthetic hazy copies per clean image written for stage 1 in --synthetic mode.
 STAGE1_HAZE_COPIES = 2
@@ -80,7 +81,7 @@ def _stage1_folders(train_pairs, clean_images, out: Path, seed: int) -> tuple[Pa
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: resume states, history.jsonl, prompts and the final bundle.")
 @click.option("--synthetic", is_flag=True, help="DATA is a folder of clean images, hazed on the fly.")
-@click.option("--variant", type=click.Choice(VARIANT_CHOICES), default="cliphaze-s", show_default=True)
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="cliphaze-s", show_default=True)
 @click.option("--clip", "clip_model", default="ViT-B-32", show_default=True, help="open_clip architecture.")
 @click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
               help="open_clip pretrained tag (downloaded), local weights file, or 'none' (random init, tests).")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cliphaze.inference import load_dehazer
+from cliphaze.inference import ClipHazeDehazer
 from cliphaze.evaluate import read_rgb_image
 from cliphaze.metrics import psnr
 
@@ -40,7 +40,7 @@ def main() -> None:
     pairs = sorted(args.val.glob("*/hazy/*.png"))
     pairs = pairs[: args.limit] if args.limit else pairs
     configs = [("fp32", 1.0)] + [("fp32", float(s)) for s in args.scales.split(",")] + [("bf16", 1.0)]
-    dehazers = {p: load_dehazer(args.bundle, precision=p) for p in {p for p, _ in configs}}
+    dehazers = {p: ClipHazeDehazer.from_bundle(args.bundle, precision=p) for p in {p for p, _ in configs}}
     scores: dict[tuple[str, float], list[tuple[float, float]]] = {c: [] for c in configs}
     for hazy_path in pairs:
         hazy = read_rgb_image(hazy_path)

@@ -237,7 +237,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         camera_fps = float(source.info.fps or 25)
         dehazer = create_dehazer(choose_dehazer(args.model, args.weights), device)
         sink = GapFiller(open_sink(output, source.info, EncoderConfig(preset="ultrafast")), source.info)
-        config = PipelineConfig(device=str(device))
+        config = PipelineConfig()
 
         def body() -> None:
             try:
@@ -267,10 +267,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 gpu_mb=torch.cuda.memory_allocated() / BYTES_PER_MB if use_cuda else None,
                 frames_in=last.frames_in if last else 0,
                 frames_out=frames_out,
-                frames_dropped=(last.frames_dropped if last else 0) + source.stats.drops,
+                frames_dropped=last.frames_dropped if last else source.stats.drops,  # the events include the source's
                 reconnects=source.stats.reconnects,
                 source_queue=source.stats.queue_depth,
-                stage_queues=tuple(last.queue_depths) if last else (),
+                stage_queues=tuple(last.queue_depths[1:]) if last else (),  # [0] is the source queue
                 latency_ms=statistics.median(latencies) if latencies else None,
                 fps=(frames_out - previous_out) / (t_s - previous_t) if t_s > previous_t else 0.0,
             )

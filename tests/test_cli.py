@@ -350,6 +350,13 @@ def test_training_commands_are_registered_lazily() -> None:
             assert "Usage:" in sub_out
 
 
+def test_hwdec_choices_are_stream_hwdecs() -> None:
+    from cli import HWDEC_CHOICES
+    from stream.hwdec import HWDEC_CHOICES as STREAM_HWDEC_CHOICES
+
+    assert HWDEC_CHOICES == STREAM_HWDEC_CHOICES
+
+
 def test_help_is_light() -> None:
     """``cliphaze --help`` must not import torch or the model code."""
     code = "import sys, cli; from click.testing import CliRunner; CliRunner().invoke(cli.main, ['--help']); " \

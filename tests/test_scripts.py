@@ -56,3 +56,14 @@ def test_train_default_continues_the_shipped_model(tmp_path: Path) -> None:
     moved = [n for n, p in after.net.state_dict().items() if not torch.equal(p, before.net.state_dict()[n])]
     assert moved  # it trained
     assert (run / "val" / "nonhomogeneous" / "hazy").is_dir()
+
+
+def test_ci_runs_the_readme_quick_start_as_written() -> None:
+    """.ci/run reads the quick start from README.md; this fails if it would find nothing, or not the newcomer's
+    two steps (a fresh venv, a non-editable install and the demo; then the test script) in that order."""
+    result = subprocess.run([str(ROOT / ".ci" / "run"), "--print-quick-start"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True)  # fmt: skip
+    first, second = result.stdout.strip().splitlines()
+    assert first.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install . &&")
+    assert first.endswith("cliphaze demo")
+    assert second == "scripts/test.sh"

@@ -148,7 +148,12 @@ class DarkChannelDehazer:
         return False
 
     def reset(self) -> None:
-        """Forget the smoothed airlight (call on a new stream or a scene cut)."""
+        """Forget the smoothed airlight: the next frame starts afresh.
+
+        Called between independent images (``cliphaze image``, :func:`cliphaze.evaluate.restore_image`). In video
+        the engine does not call it at scene cuts (its detector runs only with guidance): the airlight catches up
+        through the EMA instead, ``airlight_ema_weight`` of the way per frame.
+        """
         self._airlight = None
 
     def _subsample(self, height: int, scale: float) -> int:

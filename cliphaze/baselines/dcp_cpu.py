@@ -10,7 +10,8 @@ lives at the working resolution; only two passes touch every pixel of the frame:
   sampling), the grey guide, ``t = a * grey + b`` clamped to [t0, 1], ``J = (I - A) / t + A``,
   rounding and saturation. The torch path does the same in ~8 full-frame tensor passes.
 
-numba is imported here only, when the kernels are first needed, and compiled with ``cache=True``.
+numba is imported here only, when the kernels are first needed, and compiled with ``cache=True`` (the cache
+in the user's cache directory, see :mod:`cliphaze.user_cache`).
 Without numba (or if it fails to compile) :func:`get_kernels` returns None and ``dcp`` keeps its
 torch path, which gives the same frames within one 8-bit level.
 """
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cliphaze.user_cache import import_numba
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ def _build(numba: Any) -> DcpKernels:
 def get_kernels() -> DcpKernels | None:
     """The compiled kernels, built once per process; None (logged once) when numba is unavailable."""
     try:
-        import numba
+        numba = import_numba()
         from numba.core.errors import NumbaError
     except ImportError as exc:
         logger.warning("dcp: numba does not import (%s); using the slower torch path", exc)

@@ -28,13 +28,14 @@ from cliphaze.clip.prompts import PromptSet, load_prompts
 from cliphaze.clip.towers import ClipIdentity, ClipSpec, LoadedClip, create_clip
 from cliphaze.guidance_types import Guidance
 from cliphaze.preprocess import frames_to_unit, to_clip_input
+from cliphaze.run_options import PRECISION_DTYPE_NAMES
 
 if TYPE_CHECKING:
     from cliphaze.clip.daclip import DaClip
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[str, torch.dtype] = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPE_NAMES.items()}
 # The paper configuration: open_clip ViT-B/32 trained on LAION-2B, plus the official DA-CLIP checkpoint.
 PAPER_CLIP = ClipSpec(model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
 PAPER_DACLIP_CHECKPOINT = "daclip_ViT-B-32.pt"
@@ -169,10 +170,6 @@ class GuidanceEncoder:
     def grid(self) -> tuple[int, int]:
         """Patch grid (gh, gw) of the density map and the token count T = 1 + gh * gw."""
         return vit.grid_size(self.clip.model.visual, self.config.input_size_px, self.config.input_size_px)
-
-    def text_features(self) -> torch.Tensor | None:
-        """(2, D) float32 hazy/clear text features on the encoder's device (None without prompts)."""
-        return self._text_features
 
     def _to_unit(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dtype == torch.uint8:

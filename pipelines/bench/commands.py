@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from cliphaze.run_options import COMPILE_MODES, PRECISION_NAMES
 from pipelines.job import write_json
 
 
@@ -88,8 +89,8 @@ def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: 
 @click.option("--max-frame-s", type=float, default=4.0, show_default=True,
               help="Skip cells whose estimated seconds per frame exceed this (keeps a CPU run to minutes).")  # fmt: skip
 @click.option("--guidance-every", type=click.IntRange(1, None), default=8, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--compile", "compile_mode", type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True)
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_MODES),
               default="off", show_default=True)  # fmt: skip
 @click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True)
 @click.option("--streams", type=click.IntRange(1, None), default=1, show_default=True,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cliphaze.dehazer import Dehazer
+from cliphaze.metrics import psnr
 from pipelines.config import GuidanceCacheConfig, PipelineConfig
 from pipelines.runner import run
 from stream.records import EndOfStream, Frame
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 SIZE_1080P = (1920, 1080)
 PREP_CRF = 18  # quality of the generated benchmark clips (visually lossless)
-PSNR_PEAK = 255.0
 SPEED_ONLY_CLIP = "ViT-B-32"  # random-init CLIP of the paper's size for the guidance cost
 VIT_B32_DIM = 512  # joint-space width of ViT-B/32
 CLIP_INPUT_PX = 224  # CLIP input side
@@ -201,13 +201,9 @@ def random_cliphaze_dehazer(variant: str, device: torch.device, folder: Path) ->
     return ClipHazeDehazer(net, encoder, device=device)
 
 
-def psnr(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    """Mean PSNR (dB) between two equally long frame lists of uint8 frames (inf when identical)."""
-    values = []
-    for x, y in zip(a, b, strict=True):
-        mse = float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2))
-        values.append(float("inf") if mse == 0 else 10.0 * np.log10(PSNR_PEAK**2 / mse))
-    return float(np.mean(values))
+def mean_psnr(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    """Mean PSNR (dB, :func:`cliphaze.metrics.psnr`) of two equally long lists of uint8 (H, W, 3) frames."""
+    return float(np.mean([psnr(x, y) for x, y in zip(a, b, strict=True)]))
 
 
 def run_pipeline_benchmark(
@@ -268,7 +264,7 @@ def run_pipeline_benchmark(
                                        bench, keep=True)  # fmt: skip
             _, sn, outn = pipeline_run(clip720, folder / "gn.mp4", random_cliphaze_dehazer(variant, dev, folder), everyn,
                                        bench, keep=True)  # fmt: skip
-            value = psnr(outn, out1)
+            value = mean_psnr(outn, out1)
             results["c"] = {"variant": variant, "fps_every_1": s1.fps, f"fps_every_{bench.guidance_every}": sn.fps,
                             "fps_gain": sn.fps / s1.fps, "psnr_db_vs_every_1": value,
                             "encode_calls": [s1.guidance_misses, sn.guidance_misses]}  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cliphaze.inference import ClipHazeDehazer, DehazerConfigError
-from cliphaze.compiled import COMPILE_MODES, compile_forward_fields
+from cliphaze.compiled import COMPILE_MODES, CUDA_GRAPHS, check_compile_mode, compile_forward_fields
 from cliphaze.config import VARIANTS
 from cliphaze.factory import create_model
 
@@ -63,10 +63,14 @@ def test_cuda_graphs_need_cuda(mode: str) -> None:
         ClipHazeDehazer(_net(), None, compile_mode=mode)
 
 
-def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(DehazerConfigError, match="compile mode"):
+def test_unknown_mode_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(DehazerConfigError, match="compile mode must be one of off, default, reduce-overhead, max-"):
         ClipHazeDehazer(_net(), None, compile_mode="fast")
-    assert "off" in COMPILE_MODES
+
+
+@pytest.mark.parametrize("mode", [m for m in COMPILE_MODES if m != CUDA_GRAPHS])
+def test_every_other_mode_is_accepted_on_cpu(mode: str) -> None:
+    check_compile_mode(mode, "eager", torch.device("cpu"))  # raises CompileError otherwise
 
 
 @pytest.mark.slow

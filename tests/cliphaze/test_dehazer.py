@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from cliphaze.bundle import BundleError, load_bundle, save_bundle
 from cliphaze.clip import ClipSpec, GuidanceConfig, GuidanceEncoder, create_clip, create_daclip, to_official_state_dict
 from cliphaze.clip.prompts import text_prompt_set
-from cliphaze.inference import ClipHazeDehazer, DehazerConfigError, load_dehazer
-from cliphaze.dehazer import Dehazer
+from cliphaze.inference import ClipHazeDehazer, DehazerConfigError
 from cliphaze.factory import create_model
 from cliphaze.preprocess import frames_to_model, model_to_frames
 
@@ -79,7 +78,6 @@ def net():
 
 def test_dehazer_protocol_shapes_and_guidance(encoder: GuidanceEncoder, net) -> None:
     dehazer = ClipHazeDehazer.from_parts(net, encoder)
-    assert isinstance(dehazer, Dehazer)
     assert dehazer.uses_guidance and dehazer.name == "cliphaze-tiny"
     assert encoder.daclip is not None and encoder.daclip.clip is encoder.clip.model  # one shared base CLIP
     frames = _frames(3)
@@ -88,7 +86,7 @@ def test_dehazer_protocol_shapes_and_guidance(encoder: GuidanceEncoder, net) -> 
     guidance = dehazer.encode_guidance(frames)
     assert guidance.density.shape == (3, 1, 7, 7) and guidance.tokens.shape == (3, 50, 32)
     out = dehazer.restore(frames, guidance)
-    assert out.shape == frames.shape and out.dtype == torch.uint8
+    assert out.shape == frames.shape and out.dtype == torch.uint8 and out.device == dehazer.device
     assert torch.equal(dehazer.restore(frames, None), out)  # None computes the same guidance
     # Batch-1 guidance is broadcast to every frame.
     one = guidance.select(0)
@@ -132,7 +130,7 @@ def test_referenced_bundle_loads_towers_by_path(encoder: GuidanceEncoder, net, c
     path = tmp_path / "bundle_ref.safetensors"
     save_bundle(path, net, encoder)
     assert path.stat().st_size < clip_file.stat().st_size  # towers not embedded
-    assert torch.equal(load_dehazer(path, scan_backend=SCAN).restore(frames, None), expected)
+    assert torch.equal(ClipHazeDehazer.from_bundle(path, scan_backend=SCAN).restore(frames, None), expected)
     # Relocated tower files are accepted; different CLIP weights are refused.
     moved = tmp_path / "moved_clip.safetensors"
     moved.write_bytes(clip_file.read_bytes())

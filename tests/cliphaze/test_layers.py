@@ -1,4 +1,4 @@
-"""Layers of the CLIPHaze network: padding, window attention, cross-scan, SS2D, CAM, SKFusion."""
+"""Layers of the CLIPHaze network: padding, window attention, SS2D, CAM, SKFusion (cross-scan: ops/test_cross_scan)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from cliphaze.layers.window_attention import (
     window_partition,
     window_reverse,
 )
-from cliphaze.ops.cross_scan import cross_merge, cross_scan
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 5), (3, 2), (7, 13), (16, 16), (33, 65)])
@@ -85,15 +84,6 @@ def test_window_attention_is_local_without_shift() -> None:
     y2 = attn(x2)
     assert torch.equal(y[:, :4, :4], y2[:, :4, :4])
     assert not torch.allclose(y[:, 4:, 4:], y2[:, 4:, 4:])
-
-
-def test_cross_scan_index_maps_and_merge_is_four_times_input() -> None:
-    x = torch.arange(6.0).view(1, 1, 2, 3)
-    xs = cross_scan(x)
-    expected = [[0, 1, 2, 3, 4, 5], [0, 3, 1, 4, 2, 5], [5, 4, 3, 2, 1, 0], [5, 2, 4, 1, 3, 0]]
-    assert xs[0, :, 0].tolist() == [[float(v) for v in row] for row in expected]
-    x = torch.randn(2, 3, 5, 7)
-    torch.testing.assert_close(cross_merge(cross_scan(x), 5, 7), 4 * x.flatten(2))
 
 
 def test_ss2d_init_and_shape() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from cliphaze.guidance_types import Guidance
+from stream.frame_queue import FrameQueue
 from stream.records import EndOfStream, Frame, VideoInfo
 
 TIME_BASE = Fraction(1, 12800)
@@ -61,6 +64,47 @@ class ListSource:
             self.delivered += 1
             yield frame
         self.end = EndOfStream(packets=("audio-tail",))
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """The counters of ``stream.source.SourceStats`` the engine reads."""
+
+    drops: int
+    queue_depth: int
+
+
+class LiveListSource:
+    """A live camera as ``stream.source.FrameSource`` delivers it: a reader thread pushes ``frames`` (every
+    ``interval_s``) into the same keep-latest ``FrameQueue`` of ``size`` frames, which drops the oldest and
+    moves its audio on; iterating takes from that queue; ``stats`` counts drops."""
+
+    def __init__(self, frames: list[Frame], *, size: int = 2, interval_s: float = 0.0) -> None:
+        h, w = frames[0].data.shape[:2]
+        self.info = make_info(w, h, live=True)
+        self.end: EndOfStream | None = None
+        self._queue = FrameQueue(size, drop_oldest=True)
+        self._reader = threading.Thread(target=self._read, args=(frames, interval_s), daemon=True)
+        self._reader.start()
+
+    def _read(self, frames: list[Frame], interval_s: float) -> None:
+        for frame in frames:
+            time.sleep(interval_s)
+            orphans = self._queue.take_orphans()  # as FrameSource._push: a dropped frame's audio with no successor
+            self._queue.put(dataclasses.replace(frame, packets=orphans + frame.packets))
+        self._queue.put_end(EndOfStream(packets=self._queue.take_orphans() + ("audio-tail",)))
+
+    @property
+    def stats(self) -> LiveStats:
+        return LiveStats(drops=self._queue.drops, queue_depth=len(self._queue))
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            item = self._queue.get(None)
+            if isinstance(item, EndOfStream):
+                self.end = item
+                return
+            yield item
 
 
 class ListSink:

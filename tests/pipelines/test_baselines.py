@@ -17,13 +17,9 @@ from cliphaze.baselines.dcp import (
 )
 from cliphaze.baselines.none import PassthroughDehazer
 from cliphaze.dehazer import Dehazer
+from cliphaze.metrics import psnr
 
 AIRLIGHT = 0.85
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +34,19 @@ def clear_and_hazy() -> tuple[np.ndarray, np.ndarray]:
     return clear, np.clip(hazy * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def test_both_implement_the_protocol() -> None:
-    assert isinstance(DarkChannelDehazer(), Dehazer) and isinstance(PassthroughDehazer(), Dehazer)
-    assert not DarkChannelDehazer().uses_guidance and not PassthroughDehazer().uses_guidance
+@pytest.mark.parametrize("make", [DarkChannelDehazer, PassthroughDehazer], ids=["dcp", "none"])
+def test_both_keep_the_dehazer_contract(make: type[Dehazer], clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
+    """What pipelines rely on (cliphaze.dehazer.Dehazer), by behaviour: uint8 (N, H, W, 3) in and out on the
+    dehazer's device at any scale; restore takes encode_guidance's result or None alike (no guidance to cache)."""
+    _, hazy = clear_and_hazy
+    frames = torch.from_numpy(np.stack([hazy[:48, :64], hazy[100:148, 200:264]]))
+    dehazer = make()
+    assert dehazer.device == torch.device("cpu") and not dehazer.uses_guidance
+    out = dehazer.restore(frames, dehazer.encode_guidance(frames))
+    assert out.shape == frames.shape and out.dtype == torch.uint8 and out.device == dehazer.device
+    assert torch.equal(out, make().restore(frames, None))
+    half = make().restore(frames, None, scale=0.5)
+    assert half.shape == frames.shape and half.dtype == torch.uint8
 
 
 def test_passthrough_is_identity() -> None:
@@ -52,7 +58,7 @@ def test_dcp_removes_haze(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None
     clear, hazy = clear_and_hazy
     out = DarkChannelDehazer().restore(torch.from_numpy(hazy)[None], None)[0].numpy()
     assert out.shape == hazy.shape and out.dtype == np.uint8
-    assert _psnr(out, clear) > _psnr(hazy, clear) + 2.5  # 17.0 dB against 14.0
+    assert psnr(out, clear) > psnr(hazy, clear) + 2.5  # 17.0 dB against 14.0
     assert abs(out.mean() - clear.mean()) < abs(hazy.mean() - clear.mean())  # the airlight veil is gone
 
 
@@ -60,7 +66,7 @@ def test_dcp_scale_still_removes_haze(clear_and_hazy: tuple[np.ndarray, np.ndarr
     clear, hazy = clear_and_hazy
     out = DarkChannelDehazer().restore(torch.from_numpy(hazy)[None], None, scale=0.25)[0].numpy()
     assert out.shape == hazy.shape
-    assert _psnr(out, clear) > _psnr(hazy, clear) + 3.0
+    assert psnr(out, clear) > psnr(hazy, clear) + 3.0
 
 
 def test_dcp_airlight_estimate_and_ema(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:
@@ -77,8 +83,8 @@ def test_dcp_airlight_estimate_and_ema(clear_and_hazy: tuple[np.ndarray, np.ndar
     assert one_frame._airlight is not None
     # EMA with weight 0.5: halfway between the previous state and the new frame's estimate
     assert torch.allclose(dcp._airlight, (first + one_frame._airlight) / 2, atol=1e-3)
-    dcp.reset()
-    assert dcp._airlight is None
+    dcp.reset()  # an independent image: the smoothed airlight of earlier frames no longer applies
+    assert torch.equal(dcp.restore(dark, None), DarkChannelDehazer().restore(dark, None))
 
 
 def test_dcp_batch_matches_sequential_calls(clear_and_hazy: tuple[np.ndarray, np.ndarray]) -> None:

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.slow  # numba JIT of the scan + tiny CLIP: tens of seco
 
 @pytest.fixture(scope="module")
 def dehazer_factory(tmp_path_factory: pytest.TempPathFactory):
-    from cliphaze.inference import load_dehazer
+    from cliphaze.inference import ClipHazeDehazer
 
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-    return lambda: load_dehazer(bundle)
+    return lambda: ClipHazeDehazer.from_bundle(bundle)
 
 
 def test_tiny_cliphaze_every_frame_equals_frame_by_frame(dehazer_factory) -> None:

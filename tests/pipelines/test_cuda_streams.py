@@ -36,7 +36,7 @@ def test_engine_on_cuda_matches_cpu_for_dcp() -> None:
     frames = make_frames(12, width=160, height=96)
     cpu_sink, gpu_sink = ListSink(), ListSink()
     run(ListSource(frames), cpu_sink, DarkChannelDehazer("cpu"), PipelineConfig(batch=3))
-    run(ListSource(frames), gpu_sink, DarkChannelDehazer("cuda"), PipelineConfig(batch=3, device="cuda"))
+    run(ListSource(frames), gpu_sink, DarkChannelDehazer("cuda"), PipelineConfig(batch=3))
     assert [f.pts for f in gpu_sink.frames] == [f.pts for f in frames]
     for a, b in zip(cpu_sink.frames, gpu_sink.frames):
         assert np.abs(a.data.astype(int) - b.data.astype(int)).max() <= 2  # float reductions differ slightly
@@ -50,7 +50,7 @@ def test_cuda_guidance_parity_when_waiting_for_refresh() -> None:
         x = torch.from_numpy(frame.data)[None].cuda()
         expected.append(reference.restore(x, reference.encode_guidance(x))[0].cpu().numpy())
     sink = ListSink()
-    config = PipelineConfig(device="cuda", guidance=GuidanceCacheConfig(refresh_every=1, ema_weight=1.0,
+    config = PipelineConfig(guidance=GuidanceCacheConfig(refresh_every=1, ema_weight=1.0,
                                                                          wait_for_refresh=True))  # fmt: skip
     run(ListSource(frames), sink, CountingDehazer(device="cuda"), config)
     for got, want in zip(sink.frames, expected):
@@ -59,7 +59,7 @@ def test_cuda_guidance_parity_when_waiting_for_refresh() -> None:
 
 def test_cuda_async_guidance_never_blocks_and_counts() -> None:
     dehazer = CountingDehazer(device="cuda")
-    config = PipelineConfig(device="cuda", batch=2, guidance=GuidanceCacheConfig(refresh_every=4))
+    config = PipelineConfig(batch=2, guidance=GuidanceCacheConfig(refresh_every=4))
     stats = run(ListSource(make_frames(24)), ListSink(), dehazer, config)
     assert stats.frames_out == 24
     assert stats.guidance_misses == dehazer.encode_calls <= 6

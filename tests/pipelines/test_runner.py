@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from pipeline_fakes import CountingDehazer, ListSink, ListSource, make_frames
+from pipeline_fakes import CountingDehazer, ListSink, ListSource, LiveListSource, make_frames
 
 from cliphaze.baselines.none import PassthroughDehazer
 from pipelines.config import GuidanceCacheConfig, PipelineConfig, PipelineConfigError
@@ -105,16 +105,40 @@ def test_max_frames_and_duration_limits() -> None:
 
 
 def test_live_source_drops_oldest_and_keeps_audio() -> None:
+    """A camera faster than the dehazer: the source's keep-latest queue drops, the engine adds no queue of
+    its own in front of upload, and the run counts the source's drops."""
     frames = make_frames(60)
     sink = ListSink()
-    source = ListSource(frames, live=True)
+    source = LiveListSource(frames, interval_s=0.001)
     dehazer = CountingDehazer(delay_s=0.01, uses_guidance=False)
-    stats = run(source, sink, dehazer, PipelineConfig(queue_depth=1), on_end=sink.write_end)
-    assert stats.frames_dropped > 0
-    assert stats.frames_out + stats.frames_dropped == stats.frames_in == 60
-    written_audio = [p for f in sink.frames for p in f.packets]
-    assert sorted(written_audio) == sorted(p for f in frames for p in f.packets)  # dropped frames' audio moved on
+    events = []
+    stats = run(source, sink, dehazer, PipelineConfig(queue_depth=1), on_frame=events.append, on_end=sink.write_end)
+    assert stats.frames_dropped == source.stats.drops > 0
+    assert stats.frames_out + stats.frames_dropped == 60 and stats.frames_in == stats.frames_out
+    assert events[-1].frames_dropped <= stats.frames_dropped and len(events[-1].queue_depths) == 5
+    written_audio = [p for f in sink.frames for p in f.packets] + [p for e in sink.ends for p in e.packets]
+    expected = [p for f in frames for p in f.packets] + ["audio-tail"]
+    assert sorted(written_audio) == sorted(expected)  # dropped frames' audio moved on
     assert [f.pts for f in sink.frames] == sorted(f.pts for f in sink.frames)
+
+
+class BatchRecorder(CountingDehazer):
+    def __init__(self) -> None:
+        super().__init__(uses_guidance=False)
+        self.batch_sizes: list[int] = []
+
+    def restore(self, frames: torch.Tensor, guidance: object, *, scale: float = 1.0) -> torch.Tensor:
+        self.batch_sizes.append(frames.shape[0])
+        return super().restore(frames, None, scale=scale)
+
+
+def test_live_batches_do_not_wait_for_a_slow_camera_but_file_batches_fill() -> None:
+    live = BatchRecorder()
+    run(LiveListSource(make_frames(6), size=8, interval_s=0.05), ListSink(), live, PipelineConfig(batch=4))
+    assert sum(live.batch_sizes) == 6 and len(live.batch_sizes) >= 3  # frames 50 ms apart, batch_wait_s 2 ms
+    from_file = BatchRecorder()
+    run(ListSource(make_frames(6)), ListSink(), from_file, PipelineConfig(batch=4))
+    assert from_file.batch_sizes == [4, 2]
 
 
 def test_file_source_never_drops() -> None:
@@ -142,7 +166,7 @@ def test_stats_json_has_the_documented_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"batch": 0}, {"batch": -1}, {"scale": 0.0}, {"scale": 1.5}, {"precision": "fp8"}, {"queue_depth": 0}]
+    "kwargs", [{"batch": 0}, {"batch": -1}, {"scale": 0.0}, {"scale": 1.5}, {"queue_depth": 0}]
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(PipelineConfigError):

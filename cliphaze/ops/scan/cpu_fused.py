@@ -39,6 +39,7 @@ from cliphaze.ops.scan.base import (
     check_scan_args,
     compute_dtype,
 )
+from cliphaze.user_cache import import_numba
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def _probe() -> tuple[FusedKernels | None, str]:
     """Build the kernels once per process; (None, reason) when numba is missing or compilation fails."""
     started = time.perf_counter()
     try:
+        import_numba()
         from numba.core.errors import NumbaError
     except ImportError as exc:
         return None, f"numba does not import ({exc}); {INSTALL_HINT}"

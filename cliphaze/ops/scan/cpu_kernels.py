@@ -1,9 +1,10 @@
 """The numba kernels of the ``cpu_fused`` scan (:mod:`cliphaze.ops.scan.cpu_fused` documents the maths).
 
 They live at module level, compiled with ``cache=True``, so later processes load the machine code from
-numba's on-disk cache. (As closures built inside a function and calling each other they were compiled
-again in every process, about 40 s, and each compilation appended another cache entry.) Importing this
-module imports numba: only ``cpu_fused``'s probe does, on the first CPU scan.
+numba's on-disk cache, in the user's cache directory (:mod:`cliphaze.user_cache`). (As closures built
+inside a function and calling each other they were compiled again in every process, about 40 s, and each
+compilation appended another cache entry.) Importing this module imports numba: only ``cpu_fused``'s
+probe does, on the first CPU scan.
 
 ``delta`` is always the final step size ``softplus(delta + bias)``: ``cpu_fused.step_sizes`` computes it with
 torch before the call, and autograd takes its gradient back to the raw delta and bias.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from cliphaze.user_cache import import_numba
+
+numba = import_numba()  # this module is the lazy point: only cpu_fused's probe imports it
 
 # fastmath flags of the parallel kernels (below); no nnan/ninf: NaN and inf still propagate.
 KERNEL_FASTMATH = frozenset({"reassoc", "contract"})

@@ -25,7 +25,7 @@ from cliphaze.dehazer import Dehazer
 from cliphaze.guidance_types import Guidance
 from pipelines.config import PipelineConfig
 from pipelines.cuda_streams import Marker, Streams
-from pipelines.guidance_cache import GuidanceCache
+from pipelines.guidance_cache import GuidanceCache, densities_to_host
 from pipelines.stats import FrameDone, StatsCollector
 from stream.records import EndOfStream, Frame, VideoInfo
 
@@ -67,7 +67,7 @@ class BatchItem:
     uploaded: Marker  # the host-to-device copy is done
     guidance: Guidance | None = None  # for restore (batch N or 1)
     guidance_ready: Marker | None = None  # restoration waits for this (fresh guidance only)
-    density: list[float] | None = None  # mean haze density per frame in [0, 1]
+    density: list[torch.Tensor] | None = None  # mean haze density per frame in [0, 1], 0-d device tensors
     restored: torch.Tensor | None = None  # (N, H, W', 3) uint8 on the device
     restored_ready: Marker | None = None
 
@@ -284,7 +284,8 @@ def download_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
         arrays: np.ndarray = host.numpy()
         frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
         ctx.timed("download", started)
-        return OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=msg.density)
+        density = densities_to_host(msg.density)  # after the download: nothing left to wait for
+        return OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=density)
 
     _relay(ctx, inp, out, download)
 

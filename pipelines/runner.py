@@ -86,6 +86,7 @@ def run(
         cache=GuidanceCache(dehazer, config.guidance, streams) if use_cache else None,
         queues=queues,
         is_live=bool(source.info.is_live),
+        frame_size=(source.info.height, source.info.width) if source.info.width and source.info.height else None,
     )
     q = queues
     targets: list[tuple[str, Callable[[], None]]] = [

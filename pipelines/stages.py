@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from cliphaze.dehazer import Dehazer
+from cliphaze.dehazer import Dehazer, SupportsWarmUp
 from cliphaze.guidance_types import Guidance
 from pipelines.config import PipelineConfig
 from pipelines.cuda_streams import Marker, Streams
@@ -157,6 +157,7 @@ class Context:
     queues: list[queue.Queue[Message]]  # the five inter-stage queues, upstream first
     is_live: bool
     stopped_early: bool = False
+    frame_size: tuple[int, int] | None = None  # (height, width) the source announced: restore warms up for it
 
     def timed(self, stage: str, started_s: float) -> None:
         self.stats.busy(stage, time.perf_counter() - started_s)
@@ -255,7 +256,15 @@ def guidance_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
 
 
 def restore_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
-    """Run the dehazer on each batch on the compute stream."""
+    """Run the dehazer on each batch on the compute stream (after warming it up for the source's frame size)."""
+    if ctx.frame_size is not None and isinstance(ctx.dehazer, SupportsWarmUp):
+        # Before the first batch arrives: decoding (and a live source's drop policy) runs meanwhile.
+        started = time.perf_counter()
+        with ctx.streams.compute():
+            warmed = ctx.dehazer.warm_up(ctx.config.batch, *ctx.frame_size, scale=ctx.config.scale)
+        if warmed:
+            logger.info("restore warmed up for batch %d at %dx%d in %.2f s", ctx.config.batch, ctx.frame_size[1],
+                        ctx.frame_size[0], time.perf_counter() - started)  # fmt: skip
 
     def restore(msg: BatchItem) -> Message:
         started = time.perf_counter()

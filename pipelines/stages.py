@@ -24,7 +24,7 @@ import torch
 from cliphaze.dehazer import Dehazer, SupportsWarmUp
 from cliphaze.guidance_types import Guidance
 from pipelines.config import PipelineConfig
-from pipelines.cuda_streams import Marker, Streams
+from pipelines.cuda_streams import Marker, Streams, Timer
 from pipelines.guidance_cache import GuidanceCache, densities_to_host
 from pipelines.stats import FrameDone, StatsCollector
 from stream.records import EndOfStream, Frame, VideoInfo
@@ -70,6 +70,7 @@ class BatchItem:
     density: list[torch.Tensor] | None = None  # mean haze density per frame in [0, 1], 0-d device tensors
     restored: torch.Tensor | None = None  # (N, H, W', 3) uint8 on the device
     restored_ready: Marker | None = None
+    restore_timer: Timer | None = None  # the restore's busy time (GPU time on CUDA), read after the download
 
 
 @dataclass
@@ -267,17 +268,17 @@ def restore_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mess
                         ctx.frame_size[0], time.perf_counter() - started)  # fmt: skip
 
     def restore(msg: BatchItem) -> Message:
-        started = time.perf_counter()
         with ctx.streams.compute():
             msg.uploaded.wait()
             if msg.guidance_ready is not None:
                 msg.guidance_ready.wait()
+            msg.restore_timer = ctx.streams.timer()  # after the waits: the restore's own time
             restored = ctx.dehazer.restore(msg.frames, msg.guidance, scale=ctx.config.scale)
             if ctx.config.side_by_side:
                 restored = torch.cat([msg.frames, restored], dim=2)
             msg.restored = restored
+            msg.restore_timer.stop()
             msg.restored_ready = ctx.streams.record()
-        ctx.timed("restore", started)
         return msg
 
     _relay(ctx, inp, out, restore)
@@ -294,6 +295,8 @@ def download_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
         frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
         ctx.timed("download", started)
         density = densities_to_host(msg.density)  # after the download: nothing left to wait for
+        if msg.restore_timer is not None:
+            ctx.stats.busy("restore", msg.restore_timer.seconds())  # its end was reached before the download
         return OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=density)
 
     _relay(ctx, inp, out, download)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -129,11 +130,28 @@ class ClipHazeDehazer:
             self._forward_fields = compile_forward_fields(self.net, compile_mode, self.device, compile_backend)
         except CompileError as exc:
             raise DehazerConfigError(str(exc)) from exc
-        self.graphs: GraphCache | None = None  # None: the eager path (CPU, graphs off, or torch.compile)
+        self._graph_capture: CaptureFn | None = None  # None: the eager path (CPU, graphs off, or torch.compile)
         if graph_capture is not None:
-            self.graphs = GraphCache(self._restore_fields_and_frames, tag=precision, capture=graph_capture)
+            self._graph_capture = graph_capture
         elif cuda_graphs and self.device.type == "cuda" and compile_mode == OFF:
-            self.graphs = GraphCache(self._restore_fields_and_frames, tag=precision, capture=capture_cuda_graph)
+            self._graph_capture = capture_cuda_graph
+        self._thread_graphs = threading.local()  # a thread's cache (and its GPU memory) goes with the thread
+
+    @property
+    def graphs(self) -> GraphCache | None:
+        """The calling thread's graph cache, or None on the eager path.
+
+        One per thread: each engine restores on its own thread and CUDA stream, and a graph's static buffers
+        must not be refilled by one stream while another stream's replay still reads them (``--streams N``
+        shares one dehazer between N engines).
+        """
+        if self._graph_capture is None:
+            return None
+        cache: GraphCache | None = getattr(self._thread_graphs, "cache", None)
+        if cache is None:
+            cache = GraphCache(self._restore_fields_and_frames, tag=self.precision, capture=self._graph_capture)
+            self._thread_graphs.cache = cache
+        return cache
 
     @classmethod
     def from_parts(
@@ -196,8 +214,9 @@ class ClipHazeDehazer:
         frames = frames.to(self.device)
         if guidance is None:
             guidance = self.encode_guidance(frames)
-        if self.graphs is not None:
-            return self.graphs(frames, guidance.density, guidance.tokens, scale)
+        graphs = self.graphs
+        if graphs is not None:
+            return graphs(frames, guidance.density, guidance.tokens, scale)
         return self._restore_fields_and_frames(frames, guidance.density, guidance.tokens, scale)
 
     @torch.no_grad()
@@ -209,11 +228,12 @@ class ClipHazeDehazer:
         Returns:
             True when a graph is ready; False on the eager path (CPU, graphs off, or the capture failed).
         """
-        if self.graphs is None:
+        graphs = self.graphs
+        if graphs is None:
             return False
         frames = torch.zeros((batch, height, width, 3), dtype=torch.uint8, device=self.device)
         guidance = self.encode_guidance(frames[:1])
-        return self.graphs.warm_up(frames, guidance.density, guidance.tokens, scale)
+        return graphs.warm_up(frames, guidance.density, guidance.tokens, scale)
 
     def _restore_fields_and_frames(self, frames: torch.Tensor, density: torch.Tensor | None,
                                    tokens: torch.Tensor | None, scale: object) -> torch.Tensor:  # fmt: skip

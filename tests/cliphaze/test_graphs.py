@@ -188,3 +188,17 @@ def test_dcp_restore_and_guidance_cache_make_no_host_sync() -> None:
             cache.guidance_for(frames, host)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_each_thread_replays_its_own_graphs() -> None:
+    """Engines sharing one dehazer (``--streams N``) restore on their own threads and streams: they must not
+    share static buffers."""
+    import threading
+
+    dehazer = ClipHazeDehazer(_net(), None, graph_capture=fake_capture)
+    mine = dehazer.graphs
+    theirs: list[object] = []
+    thread = threading.Thread(target=lambda: theirs.append(dehazer.graphs))
+    thread.start()
+    thread.join()
+    assert mine is dehazer.graphs and theirs[0] is not None and theirs[0] is not mine

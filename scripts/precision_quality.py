@@ -46,7 +46,8 @@ def _held_out_pairs(work: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--work", type=Path, required=True, help="holds val/<kind>/{hazy,clear}/*.png (written if missing)")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="holds val/<kind>/{hazy,clear}/*.png (written if missing)")
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--limit", type=int, default=0, help="at most this many pairs (0 = all)")
     parser.add_argument("--threads", type=int, default=1)
@@ -68,8 +69,9 @@ def main() -> None:
             patch = (contextlib.nullcontext() if not bf16_head else
                      _patched(model_module, "_autocast_off", lambda _device: contextlib.nullcontext()))  # fmt: skip
             started = time.perf_counter()
+            dehazer = dehazers["bf16" if bf16_head else config]
             with patch:
-                outs[config] = dehazers["bf16" if bf16_head else config].restore(frames, None, scale=args.scale)[0].numpy()
+                outs[config] = dehazer.restore(frames, None, scale=args.scale)[0].numpy()
             seconds = time.perf_counter() - started
             vs_fp32 = psnr(outs[config], outs["fp32"]) if config != "fp32" else float("inf")
             worst = int(np.abs(outs[config].astype(np.int16) - outs["fp32"].astype(np.int16)).max())
@@ -81,8 +83,8 @@ def main() -> None:
     for config in configs:
         values = np.array(rows[config], dtype=np.float64)
         print(f"{config:9s}: PSNR vs clear {values[:, 0].mean():6.2f} dB, vs fp32 output "
-              f"{values[:, 1].mean():6.2f} dB (min {values[:, 1].min():.2f}), max 8-bit diff {int(values[:, 2].max())}, "
-              f"{1e3 * values[:, 3].mean():.0f} ms/image")
+              f"{values[:, 1].mean():6.2f} dB (min {values[:, 1].min():.2f}), "
+              f"max 8-bit diff {int(values[:, 2].max())}, {1e3 * values[:, 3].mean():.0f} ms/image")
 
 
 @contextlib.contextmanager

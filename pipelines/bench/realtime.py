@@ -102,7 +102,8 @@ def time_model(dehazer: Dehazer, frames: list[np.ndarray], scale: float, guidanc
     restore_s = (time.perf_counter() - started) / len(tensors)
     frame_s = restore_s + guidance_s / guidance_every
     return {"model_fps": 1.0 / frame_s, "restore_ms": restore_s * 1e3, "guidance_ms": guidance_s * 1e3,
-            "guidance_share": (guidance_s / guidance_every) / frame_s, "restore_path": _restore_path(dehazer)}  # fmt: skip
+            "guidance_share": (guidance_s / guidance_every) / frame_s,
+            "restore_path": _restore_path(dehazer)}  # fmt: skip
 
 
 def _restore_path(dehazer: Dehazer) -> str:

@@ -56,8 +56,11 @@ def measure_train_step(variant: str = "cliphaze-t", *, crop_px: int = 256, batch
     hazy = torch.rand(batch, 3, crop_px, crop_px, generator=gen).to(dev)
     clear = torch.rand(batch, 3, crop_px, crop_px, generator=gen).to(dev)
     guidance = model.config.guidance
-    density = torch.rand(batch, 1, *DENSITY_GRID, generator=gen).to(dev) if guidance.use_dam else None
-    tokens = torch.randn(batch, SEMANTIC_TOKENS, guidance.semantic_dim, generator=gen).to(dev) if guidance.use_sam else None
+    density = tokens = None
+    if guidance.use_dam:
+        density = torch.rand(batch, 1, *DENSITY_GRID, generator=gen).to(dev)
+    if guidance.use_sam:
+        tokens = torch.randn(batch, SEMANTIC_TOKENS, guidance.semantic_dim, generator=gen).to(dev)
 
     def step() -> None:
         autocast = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()

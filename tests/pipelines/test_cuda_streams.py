@@ -134,8 +134,9 @@ def test_live_source_first_dehazed_frame_within_10_s_with_the_shipped_model(capl
     caplog.set_level(logging.INFO, logger="cliphaze.graphs")
     first: list[float] = []
     started = time.perf_counter()
-    stats = run(ListSource(make_frames(12, width=640, height=360), live=True, interval_s=0.04), ListSink(), dehazer,
-                PipelineConfig(device="cuda", scale=0.5), on_frame=lambda _e: first.append(time.perf_counter()))  # fmt: skip
+    source = ListSource(make_frames(12, width=640, height=360), live=True, interval_s=0.04)
+    stats = run(source, ListSink(), dehazer, PipelineConfig(device="cuda", scale=0.5),
+                on_frame=lambda _e: first.append(time.perf_counter()))  # fmt: skip
     assert stats.frames_out >= 1 and first
     assert first[0] - started <= LIVE_FIRST_FRAME_S, first[0] - started
     said = [r.getMessage() for r in caplog.records]

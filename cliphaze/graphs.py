@@ -23,6 +23,7 @@ capture; :func:`capture_cuda_graph` is the real one (gpu tests compare its repla
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -56,8 +57,11 @@ CaptureFn = Callable[[Callable[..., torch.Tensor], tuple[torch.Tensor | None, ..
 def capture_cuda_graph(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor | None, ...]) -> Captured:
     """Warm ``fn`` up on a side stream, then capture one call of it into a CUDA graph.
 
+    The last warm-up call runs under ``torch.cuda.set_sync_debug_mode("warn")``: a host sync there (``.item()``,
+    ``float()``, a pageable copy) would invalidate the capture, so it is refused before capturing, with the
+    warning as the reason. (Earlier warm-up calls may synchronize once: lazy initialisation, autotuning.)
     ``capture_error_mode="thread_local"``: the engine's other threads (upload, guidance, download) keep using
-    the GPU during a capture; only this thread's unsafe calls (a host sync) invalidate it.
+    the GPU during a capture; only this thread's unsafe calls invalidate it.
 
     Raises:
         RuntimeError: ``fn`` cannot be captured (it synchronizes, allocates on the host side, ...).
@@ -65,13 +69,33 @@ def capture_cuda_graph(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tens
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(WARMUP_CALLS):
+        for _ in range(WARMUP_CALLS - 1):
             fn(*inputs)
+        syncs = _host_syncs(lambda: fn(*inputs))
     torch.cuda.current_stream().wait_stream(side)
+    if syncs:
+        raise RuntimeError(f"the restore path synchronizes with the host: {syncs[0]}")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         output = fn(*inputs)
     return Captured(replay=graph.replay, inputs=inputs, output=output)
+
+
+def _host_syncs(call: Callable[[], object]) -> list[str]:
+    """Run ``call`` with CUDA sync debugging on "warn"; the first lines of the sync warnings it raised.
+
+    ``set_sync_debug_mode`` is process-wide; "warn" (not "error") so that another thread's legitimate sync in
+    the meantime (the engine's download) only warns. The warnings are recorded here, not shown.
+    """
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
 
 
 def _static_like(tensor: torch.Tensor | None, batch: int) -> torch.Tensor | None:

@@ -202,3 +202,22 @@ def test_each_thread_replays_its_own_graphs() -> None:
     thread.start()
     thread.join()
     assert mine is dehazer.graphs and theirs[0] is not None and theirs[0] is not mine
+
+
+@pytest.mark.gpu
+def test_a_host_sync_is_refused_before_capture_and_cuda_keeps_working(caplog: pytest.LogCaptureFixture) -> None:
+    """A restore path with ``.item()`` cannot be captured: the warm-up sees the sync, no capture is attempted,
+    the call runs eagerly, and CUDA work goes on."""
+    caplog.set_level(logging.INFO, logger="cliphaze.graphs")
+
+    def syncing(frames: torch.Tensor, density: torch.Tensor | None, tokens: torch.Tensor | None,
+                variant: object) -> torch.Tensor:  # fmt: skip
+        return frames.float() * float(frames.float().mean().item() > -1)
+
+    cache = GraphCache(syncing)
+    frames = _frames(2, 0, "cuda")
+    assert not cache.warm_up(frames, None, None)
+    assert cache.disabled is not None and "synchronizes with the host" in cache.disabled
+    torch.testing.assert_close(cache(frames, None, None), frames.float())
+    assert any("running it eagerly" in r.getMessage() for r in caplog.records)
+    assert torch.cuda.is_available() and (torch.ones(3, device="cuda") * 2).sum().item() == 6.0

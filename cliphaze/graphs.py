@@ -23,6 +23,7 @@ capture; :func:`capture_cuda_graph` is the real one (gpu tests compare its repla
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 GRAPH_CACHE_SIZE = 4  # captured graphs kept (each holds its own activation memory: ~5 GiB at 1080p, cliphaze-t)
 CAPTURE_AFTER_CALLS = 2  # a key not warmed up is captured on its second call (first calls of a size run eagerly)
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (lazy init, cuBLAS/cuDNN plans, Triton autotune)
+
+# One capture at a time in the process: engines sharing a GPU warm up on their own threads, and a capture's
+# set-up (device synchronize, cache flush) must not interleave with another capture.
+_CAPTURE_LOCK = threading.Lock()
 
 # The graphed function: (frames, density or None, tokens or None, variant) -> output tensor. The tensors are
 # the graph's static inputs; ``variant`` is a hashable setting fixed per graph (the dehazer's scale).
@@ -66,18 +71,20 @@ def capture_cuda_graph(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tens
     Raises:
         RuntimeError: ``fn`` cannot be captured (it synchronizes, allocates on the host side, ...).
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP_CALLS - 1):
-            fn(*inputs)
-        syncs = _host_syncs(lambda: fn(*inputs))
-    torch.cuda.current_stream().wait_stream(side)
-    if syncs:
-        raise RuntimeError(f"the restore path synchronizes with the host: {syncs[0]}")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        output = fn(*inputs)
+    with _CAPTURE_LOCK:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_CALLS - 1):
+                fn(*inputs)
+            syncs = _host_syncs(lambda: fn(*inputs))
+        torch.cuda.current_stream().wait_stream(side)
+        if syncs:
+            raise RuntimeError(f"the restore path synchronizes with the host: {syncs[0]}")
+        graph = torch.cuda.CUDAGraph()
+        # Our own capture stream: torch's default one is shared by every thread.
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+            output = fn(*inputs)
     return Captured(replay=graph.replay, inputs=inputs, output=output)
 
 

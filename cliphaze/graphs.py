@@ -88,6 +88,13 @@ def capture_cuda_graph(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tens
     return Captured(replay=graph.replay, inputs=inputs, output=output)
 
 
+def rerun_capture(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor | None, ...]) -> Captured:
+    """A stand-in for :func:`capture_cuda_graph` on any device: "replay" reruns ``fn`` on the static inputs into
+    the static output. It exercises the cache's bookkeeping (keys, static buffers, copies) without CUDA."""
+    output = fn(*inputs)
+    return Captured(replay=lambda: output.copy_(fn(*inputs)), inputs=inputs, output=output)
+
+
 def _host_syncs(call: Callable[[], object]) -> list[str]:
     """Run ``call`` with CUDA sync debugging on "warn"; the first lines of the sync warnings it raised.
 

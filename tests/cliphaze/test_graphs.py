@@ -11,7 +11,7 @@ import torch
 
 from cliphaze.config import VARIANTS
 from cliphaze.factory import create_model
-from cliphaze.graphs import Captured, GraphCache
+from cliphaze.graphs import Captured, GraphCache, rerun_capture
 from cliphaze.inference import ClipHazeDehazer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,10 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FRAME_SIZE = (21, 27)  # odd sides: the padding path runs too
 
 
-def fake_capture(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor | None, ...]) -> Captured:
-    """What a CUDA graph does, on the CPU: replay reruns ``fn`` on the static inputs into the static output."""
-    output = fn(*inputs)
-    return Captured(replay=lambda: output.copy_(fn(*inputs)), inputs=inputs, output=output)
+fake_capture = rerun_capture  # what a CUDA graph does, on the CPU
 
 
 def failing_capture(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor | None, ...]) -> Captured:

@@ -4,7 +4,8 @@
 #
 # Recipe, here (a machine with pip and network; about 4 minutes, mostly xz):
 #   scripts/pack_gpu.sh              # .gpu/site.tar.xz: the packages the GPU image lacks (av, open_clip_torch,
-#                                    #   ftfy, wcwidth, kornia, kornia_rs, pytorch-msssim, scikit-video) from Python
+#                                    #   ftfy, wcwidth, kornia, kornia_rs, pytorch-msssim, scikit-video; and
+#                                    #   pytest-timeout, which pyproject's `timeout` option needs) from Python
 #                                    #   3.12 manylinux wheels (46 MB), unpacked and re-packed as one tar | xz -9e
 #                                    #   (34 MB); then checks that the working tree (20 MB) plus .gpu/ fit 64 MiB
 #   scripts/pack_gpu.sh --project    # also .gpu/proj.tar.xz = git archive HEAD | xz -9 (17 MB), for a session
@@ -138,8 +139,10 @@ else
   if [ "$SCAN_AUTO" = "chunked" ]; then
     FRAMES=3  # the pure-PyTorch scan takes seconds per frame on a GPU: a few frames still give a measurement
   fi
-  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu 150 "$PY" -m pytest -m "gpu and not slow" -q -p no:cacheprovider \
-    --durations=15 tests
+  # Only the files that hold gpu tests: the others may import what the GPU image lacks (hypothesis, ...).
+  mapfile -t GPU_TEST_FILES < <(grep -rlE "mark\.gpu|marks=pytest\.mark\.gpu" tests --include="test_*.py" | sort)
+  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu 150 "$PY" -m pytest -m "gpu and not slow" -q -p no:cacheprovider -W "ignore::pytest.PytestConfigWarning" \
+    --durations=15 "${GPU_TEST_FILES[@]}"
   step scan 60 "$PY" -c "$SCAN_PY" cuda 270 480 96
   realtime rt-t-1080p 120 --variants cliphaze-t --resolutions 1080p --scales 0.5,1 --frames "$FRAMES" \
     --precision bf16 --max-frame-s 2
@@ -153,8 +156,8 @@ else
   realtime rt-t-eager 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames "$FRAMES" --precision bf16 \
     --no-cuda-graphs --no-e2e --max-frame-s 2
   step decode 45 "$PY" scripts/bench_decode.py --sizes 1920x1080 --frames 100 --hwdec none,cuda
-  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu-slow 120 "$PY" -m pytest -m "gpu and slow" -q -p no:cacheprovider \
-    --durations=5 tests
+  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu-slow 120 "$PY" -m pytest -m "gpu and slow" -q -p no:cacheprovider -W "ignore::pytest.PytestConfigWarning" \
+    --durations=5 "${GPU_TEST_FILES[@]}"
 fi
 
 "$PY" scripts/gpu_check_summary.py "$LOGS" "$RESULTS" "$DRY" || echo "gpu_check: the summary failed (logs kept)"

@@ -8,7 +8,7 @@
 #
 # site.tar.xz holds the packages the GPU image lacks (docs: /work/shared/docs/gpu-notes.md), from Python 3.12
 # manylinux wheels fetched with `pip download --no-deps --only-binary=:all:` (46 MB as wheels), unpacked and
-# re-packed as one tar | xz -9e (33.6 MB, measured 2026-12-04 for the versions below). On the GPU machine
+# re-packed as one tar | xz -9e (33.6 MB, 4 s to unpack). On the GPU machine
 # gpu_check.sh unpacks it into /tmp/site and puts it on PYTHONPATH; nothing is pip-installed there.
 # What travels: the working tree (tracked and untracked-not-ignored files: 20 MB, 19 MB of it the shipped
 # bundle) plus .gpu/ (git-ignored, named in `carry`). Environment: PYTHON (the pip to download with).
@@ -16,9 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LIMIT_BYTES=$((64 * 1024 * 1024))
-# site.tar.xz of the pinned packages below (used by --check when the tarball is not built): measured before
-# pytest-timeout joined them; its wheel is 14 kB more before compression.
-MEASURED_SITE_XZ_BYTES=33621144
+# site.tar.xz of the pinned packages below, as built here on 2026-12-04 (used by --check when it is not built).
+# Unpacked into /tmp/site, av and kornia_rs imported under Python 3.12 (av's FFmpeg lists cuda among its devices).
+MEASURED_SITE_XZ_BYTES=33627036
 PACKAGES=(av==18.1.0 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 kornia==0.9.0 kornia_rs==0.2.0
   pytorch-msssim==1.0.0 scikit-video==1.1.11
   pytest-timeout==2.4.0)  # pyproject's pytest `timeout` option: without the plugin pytest stops at start

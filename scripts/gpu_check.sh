@@ -10,8 +10,10 @@
 #                                    #   (34 MB); then checks that the working tree (20 MB) plus .gpu/ fit 64 MiB
 #   scripts/pack_gpu.sh --project    # also .gpu/proj.tar.xz = git archive HEAD | xz -9 (17 MB), for a session
 #                                    #   whose working tree is not this project
-# Then one device call; the working tree travels with it, .gpu/ is git-ignored and carried:
-#   run(command="bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=540)
+# Then one device call; the working tree travels with it, .gpu/ is git-ignored and carried (put the commit in
+# the command: the tree that travels has no .git):
+#   run(command="CLIPHAZE_GPU_CHECK_COMMIT=<git describe --always --dirty> bash scripts/gpu_check.sh",
+#       carry=[".gpu"], timeout_s=540)
 # or, with the project inside the carry:
 #   run(command="mkdir -p /tmp/proj && tar -C /tmp/proj -xJf .gpu/proj.tar.xz && CLIPHAZE_GPU_CARRY=$PWD/.gpu
 #        bash /tmp/proj/scripts/gpu_check.sh", carry=[".gpu"], timeout_s=540)
@@ -77,8 +79,12 @@ fi
   2>&1 | tee -a "$LOGS/versions.txt"
 SCAN_AUTO="$("$PY" -c "from cliphaze.ops import resolve_backend; print(resolve_backend('auto', '$DEVICE'))" 2>/dev/null || echo unknown)"
 echo "scan backend auto on $DEVICE: $SCAN_AUTO" | tee -a "$LOGS/versions.txt"
-COMMIT="$(cat "$CARRY/commit.txt" 2>/dev/null || git -C "$PROJECT" describe --always --dirty 2>/dev/null || echo unknown)"
-export CLIPHAZE_GPU_CHECK_COMMIT="$COMMIT"
+# The commit measured: given by the caller (the tree that travels has no .git), else git, else the carry's.
+if [ -z "${CLIPHAZE_GPU_CHECK_COMMIT:-}" ]; then
+  CLIPHAZE_GPU_CHECK_COMMIT="$(git -C "$PROJECT" describe --always --dirty 2>/dev/null \
+    || { [ -f "$CARRY/commit.txt" ] && echo "carry packed at $(cat "$CARRY/commit.txt")"; } || echo unknown)"
+fi
+export CLIPHAZE_GPU_CHECK_COMMIT
 DEADLINE=$((SECONDS + BUDGET_S))
 
 # step NAME MAX_S CMD...: run under timeout (at most the time left), log to $LOGS/NAME.log, record the outcome.

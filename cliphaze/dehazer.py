@@ -42,3 +42,12 @@ class Dehazer(Protocol):
                 resolution by guided upsampling of its reconstruction fields (1.0 = full resolution).
         """
         ...
+
+
+@runtime_checkable
+class SupportsWarmUp(Protocol):
+    """A dehazer with work worth doing before the first frame (capturing CUDA graphs for the frame size)."""
+
+    def warm_up(self, batch: int, height: int, width: int, *, scale: float = 1.0) -> bool:
+        """Prepare restoring batches of (batch, height, width) frames at ``scale``; True when it did something."""
+        ...

@@ -10,7 +10,12 @@ fields K and Bb back to full resolution by GUIDED upsampling: bilinear upsamplin
 frame's edges. The restoration ``K * x - Bb + x`` is then formed at full resolution from the full-resolution
 input — the output image is never resized.
 
-``compile_mode`` (off by default) runs the network's forward through ``torch.compile`` (see
+On a CUDA device (``cuda_graphs``, on by default) the restore path after guidance (preprocessing, network,
+upsampling, reconstruction) is captured into a CUDA graph per (batch, H, W, guidance shapes, precision,
+scale) and replayed (:mod:`cliphaze.graphs`); :meth:`ClipHazeDehazer.warm_up` captures ahead of the first
+frame. What cannot be captured runs eagerly, said once at INFO. The CPU path is unchanged.
+
+``compile_mode`` (off by default) runs the network's forward through ``torch.compile`` instead (see
 :mod:`cliphaze.compiled`; ``"reduce-overhead"`` = CUDA graphs on a GPU). Weights and outputs are the same.
 
 open_clip is only imported when guidance towers are built (``from_bundle`` with a guided network).
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 
 from cliphaze.clip.encoder import PRECISIONS
 from cliphaze.compiled import OFF, CompileError, compile_forward_fields
+from cliphaze.graphs import CaptureFn, GraphCache, capture_cuda_graph
 from cliphaze.guidance_types import Guidance
 from cliphaze.preprocess import frames_to_model, model_to_frames
 
@@ -90,6 +97,8 @@ class ClipHazeDehazer:
         upsample: GuidedUpsampleConfig | None = None,
         compile_mode: str = OFF,
         compile_backend: str = "inductor",
+        cuda_graphs: bool = True,
+        graph_capture: CaptureFn | None = None,
     ) -> None:
         """Assemble from parts; prefer :meth:`from_bundle` / :meth:`from_parts`.
 
@@ -101,6 +110,9 @@ class ClipHazeDehazer:
             compile_mode: ``cliphaze.compiled.COMPILE_MODES``: "off", or a torch.compile mode
                 ("reduce-overhead" = CUDA graphs, CUDA only).
             compile_backend: torch.compile backend ("inductor"; "aot_eager" traces without generating code).
+            cuda_graphs: replay the restore path from CUDA graphs on a CUDA device (not with ``compile_mode``,
+                which brings its own); False: always eager.
+            graph_capture: the capture function (tests: a fake that makes the graph path run on the CPU).
         """
         if precision not in PRECISIONS:
             raise DehazerConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -118,6 +130,28 @@ class ClipHazeDehazer:
             self._forward_fields = compile_forward_fields(self.net, compile_mode, self.device, compile_backend)
         except CompileError as exc:
             raise DehazerConfigError(str(exc)) from exc
+        self._graph_capture: CaptureFn | None = None  # None: the eager path (CPU, graphs off, or torch.compile)
+        if graph_capture is not None:
+            self._graph_capture = graph_capture
+        elif cuda_graphs and self.device.type == "cuda" and compile_mode == OFF:
+            self._graph_capture = capture_cuda_graph
+        self._thread_graphs = threading.local()  # a thread's cache (and its GPU memory) goes with the thread
+
+    @property
+    def graphs(self) -> GraphCache | None:
+        """The calling thread's graph cache, or None on the eager path.
+
+        One per thread: each engine restores on its own thread and CUDA stream, and a graph's static buffers
+        must not be refilled by one stream while another stream's replay still reads them (``--streams N``
+        shares one dehazer between N engines).
+        """
+        if self._graph_capture is None:
+            return None
+        cache: GraphCache | None = getattr(self._thread_graphs, "cache", None)
+        if cache is None:
+            cache = GraphCache(self._restore_fields_and_frames, tag=self.precision, capture=self._graph_capture)
+            self._thread_graphs.cache = cache
+        return cache
 
     @classmethod
     def from_parts(
@@ -136,14 +170,16 @@ class ClipHazeDehazer:
         precision: str = "fp32",
         scan_backend: str = "auto",
         compile_mode: str = OFF,
+        cuda_graphs: bool = True,
         **bundle_options: str | None,
     ) -> ClipHazeDehazer:
         """Load a bundle (see :func:`cliphaze.bundle.load_bundle`; extra options such as ``daclip_checkpoint``
-        relocate referenced tower files); ``compile_mode`` as in the constructor."""
+        relocate referenced tower files); ``compile_mode`` and ``cuda_graphs`` as in the constructor."""
         from cliphaze.bundle import load_bundle
 
         loaded = load_bundle(path, device=device, precision=precision, scan_backend=scan_backend, **bundle_options)
-        return cls(loaded.net, loaded.encoder, device=device, precision=precision, compile_mode=compile_mode)
+        return cls(loaded.net, loaded.encoder, device=device, precision=precision, compile_mode=compile_mode,
+                   cuda_graphs=cuda_graphs)  # fmt: skip
 
     @property
     def uses_guidance(self) -> bool:
@@ -152,7 +188,9 @@ class ClipHazeDehazer:
     def _autocast(self) -> AbstractContextManager[object]:
         if self.precision == "fp32":
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+        # No cast cache: a graph captured with it would replay casts cached at capture time (PyTorch's rule for
+        # autocast under CUDA graphs); each weight is used once per forward, so the cache saves nothing here.
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], cache_enabled=False)
 
     def encode_guidance(self, frames: torch.Tensor) -> Guidance:
         """Guidance of frames (N, H, W, 3) uint8 on ``device`` (empty Guidance without an encoder)."""
@@ -176,6 +214,34 @@ class ClipHazeDehazer:
         frames = frames.to(self.device)
         if guidance is None:
             guidance = self.encode_guidance(frames)
+        graphs = self.graphs
+        if graphs is not None:
+            return graphs(frames, guidance.density, guidance.tokens, scale)
+        return self._restore_fields_and_frames(frames, guidance.density, guidance.tokens, scale)
+
+    @torch.no_grad()
+    def warm_up(self, batch: int, height: int, width: int, *, scale: float = 1.0) -> bool:
+        """Capture the restore graph of (batch, height, width) at ``scale`` now, before the first frame is due.
+
+        Also runs the guidance encoder once (its first call pays lazy initialisation too).
+
+        Returns:
+            True when a graph is ready; False on the eager path (CPU, graphs off, or the capture failed).
+        """
+        graphs = self.graphs
+        if graphs is None:
+            return False
+        frames = torch.zeros((batch, height, width, 3), dtype=torch.uint8, device=self.device)
+        guidance = self.encode_guidance(frames[:1])
+        return graphs.warm_up(frames, guidance.density, guidance.tokens, scale)
+
+    def _restore_fields_and_frames(self, frames: torch.Tensor, density: torch.Tensor | None,
+                                   tokens: torch.Tensor | None, scale: object) -> torch.Tensor:  # fmt: skip
+        """The graphed part of :meth:`restore`: uint8 frames and guidance -> uint8 restored frames.
+
+        Reads only its arguments and the network (no host syncs: it is captured into CUDA graphs).
+        """
+        assert isinstance(scale, float | int)
         x = frames_to_model(frames)  # (N, 3, H, W) in [-1, 1], float32
         height, width = x.shape[-2:]
         net_in = x
@@ -183,7 +249,7 @@ class ClipHazeDehazer:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             net_in = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         with self._autocast():
-            k, bb = self._forward_fields(net_in, guidance.density, guidance.tokens)
+            k, bb = self._forward_fields(net_in, density, tokens)
         k, bb = k.float(), bb.float()
         if scale < 1.0:
             fields = guided_upsample_fields((x + 1.0) * 0.5, torch.cat([k, bb], dim=1), self.upsample, scale)

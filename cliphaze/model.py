@@ -1,8 +1,9 @@
 """ClipHazeNet: the CLIPHaze U-Net of TrambaDA stages with a soft-reconstruction head (spec 2.1-2.2).
 
-``forward_fields`` returns the reconstruction fields K (B, 1, H, W) and Bb (B, 3, H, W);
-``forward`` applies them, ``y = K * x - Bb + x``. Inputs are in [-1, 1] at any H x W: the image is
-reflect-padded to a multiple of 2**(scales - 1) and the fields are cropped back.
+``forward_fields`` returns the reconstruction fields K (B, 1, H, W) and Bb (B, 3, H, W) in the weights'
+dtype (float32: the head runs outside autocast); ``forward`` applies them, ``y = K * x - Bb + x``. Inputs
+are in [-1, 1] at any H x W: the image is reflect-padded to a multiple of 2**(scales - 1) and the fields
+are cropped back.
 
 With ``config.global_airlight`` (our extension, not the paper's) an :class:`AirlightHead` pools the
 bottleneck and the image's colour statistics over the whole image and adds ``K * a`` to Bb: for
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,11 @@ def reconstruct(x: torch.Tensor, k: torch.Tensor, bb: torch.Tensor) -> torch.Ten
         (B, 3, H, W) restoration, nominally in [-1, 1].
     """
     return k * x - bb + x
+
+
+def _autocast_off(device_type: str) -> AbstractContextManager[object]:
+    """Autocast disabled on ``device_type`` (the meta device of the complexity counter has no autocast)."""
+    return nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
 
 
 class _DensityPyramid:
@@ -194,14 +201,21 @@ class ClipHazeNet(nn.Module):
             skips.append(feat)
             feat = self.downs[i](feat)
         feat = run_stage(depth, feat)
-        airlight = None if self.airlight is None else self.airlight(feat, x, density)
+        bottleneck = feat
         for i in range(depth):
             feat = self.fuses[i](self.ups[i](feat), skips[depth - 1 - i])
             feat = run_stage(depth + 1 + i, feat)
-        fields = crop_to(self.head(feat), size)
-        k, bb = torch.split(fields, NUM_FIELD_CHANNELS, dim=1)
-        if airlight is not None:
-            bb = bb + k * airlight[:, :, None, None].to(k.dtype)
+        # The reconstruction head (K, Bb and the airlight term) runs in fp32 whatever the autocast: K is large
+        # in dense haze, and K * x rounded to bf16's 8 bits shows as banding (issue 15, 3). The head is one
+        # small convolution to 4 channels, so fp32 costs little. (It runs in the weights' dtype: fp32 as the
+        # dehazer keeps them; float64 in parity tests.)
+        dtype = self.head.conv.weight.dtype
+        with _autocast_off(x.device.type):
+            fields = crop_to(self.head(feat.to(dtype)), size)
+            k, bb = torch.split(fields, NUM_FIELD_CHANNELS, dim=1)
+            if self.airlight is not None:
+                airlight = self.airlight(bottleneck.to(dtype), x.to(dtype), density)
+                bb = bb + k * airlight[:, :, None, None]
         return k, bb
 
     def forward(

@@ -6,6 +6,8 @@ are written exactly once.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,16 @@ def to_clip_input(x: torch.Tensor, size: int | tuple[int, int] = 224) -> torch.T
         size = (size, size)
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = device_constant(CLIP_MEAN, x.device, x.dtype).view(1, 3, 1, 1)
+    std = device_constant(CLIP_STD, x.device, x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+@functools.cache
+def device_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a 1-d tensor on ``device``, made once per (values, device, dtype) and shared (read only).
+
+    ``torch.tensor(values, device=cuda)`` per call is a host-to-device copy from pageable memory: it
+    synchronizes the host and cannot be captured into a CUDA graph. Callers must not modify the result.
+    """
+    return torch.tensor(values, device=device, dtype=dtype)

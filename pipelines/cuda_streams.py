@@ -14,6 +14,7 @@ stages are the same code on both paths.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -71,6 +72,45 @@ class EventMarker:
         self.event.synchronize()
 
 
+class Timer(Protocol):
+    """Busy time of work launched between construction and :meth:`stop`, on the stream current at both."""
+
+    def stop(self) -> None: ...
+
+    def seconds(self) -> float:
+        """Seconds between start and stop; call only once the work before ``stop`` has finished."""
+        ...
+
+
+class HostTimer:
+    """CPU work is synchronous: host time is the work's time."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self._stop = self._start
+
+    def stop(self) -> None:
+        self._stop = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self._stop - self._start
+
+
+class EventTimer:
+    """GPU time from two timing events (host time would only measure how long the launches took to enqueue)."""
+
+    def __init__(self) -> None:
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._start.record()
+
+    def stop(self) -> None:
+        self._end.record()
+
+    def seconds(self) -> float:
+        return self._start.elapsed_time(self._end) / 1000.0  # ms; does not synchronize (the end is reached)
+
+
 def _stack(arrays: Sequence[np.ndarray], out: torch.Tensor) -> torch.Tensor:
     """Copy (H, W, 3) uint8 arrays into ``out`` (N, H, W, 3)."""
     view = out.numpy()
@@ -96,6 +136,9 @@ class CpuStreams:
 
     def record(self) -> Marker:
         return DoneMarker()
+
+    def timer(self) -> Timer:
+        return HostTimer()
 
     def upload(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, Marker]:
         """(H, W, 3) uint8 arrays -> (N, H, W, 3) uint8 tensor on the device (zero-copy for one frame)."""
@@ -139,6 +182,10 @@ class CudaStreams:
     def record(self) -> Marker:
         """Marker on the current stream (call inside one of the stream contexts)."""
         return EventMarker()
+
+    def timer(self) -> Timer:
+        """Timer on the current stream (call inside one of the stream contexts)."""
+        return EventTimer()
 
     def upload(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, Marker]:
         """Stack into a pinned buffer, copy to the device on the copy stream; the marker ends the copy."""

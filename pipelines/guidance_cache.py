@@ -52,8 +52,20 @@ class CacheResult:
     """Guidance of one batch."""
 
     guidance: Guidance  # for restore: batch N, or batch 1 when all frames share one
-    densities: list[float] | None  # mean haze density of each frame's guidance in [0, 1] (None: no density map)
-    ready: Marker | None  # restoration waits for this (fresh guidance only); None when nothing new was made
+    # Mean haze density of each frame's guidance in [0, 1], as 0-d float32 tensors on the device (None: no
+    # density map). Not floats: reading them here would synchronize the host with the CLIP work. Each was
+    # computed before a ``ready`` marker that this or an earlier batch's restore waited for, so they are
+    # written once the batch's restoration is; :func:`densities_to_host` reads them after the download.
+    densities: list[torch.Tensor] | None
+    # Restoration waits for this (fresh guidance only); None when nothing new was made. Recorded after all of
+    # this batch's guidance work (refresh, EMA, the batch concatenation), so it covers what restore reads.
+    ready: Marker | None
+
+
+def densities_to_host(densities: list[torch.Tensor] | None) -> list[float] | None:
+    """Per-frame mean densities as floats. Call once the batch's restored frames are on the host (then the
+    copy waits for nothing)."""
+    return None if densities is None else [float(d) for d in torch.stack(densities).cpu().tolist()]
 
 
 def thumbnails(frames: Sequence[np.ndarray], size_px: int) -> np.ndarray:
@@ -86,7 +98,7 @@ class GuidanceCache:
         self._pending: tuple[Guidance, Marker] | None = None  # launched refresh not finished yet
         self._since_refresh = 0  # frames since the last refresh was launched
         self._previous_thumb: np.ndarray | None = None  # (s, s) of the last frame seen
-        self._current_density: float | None = None  # mean of the current density map (host copy)
+        self._current_density: torch.Tensor | None = None  # 0-d mean of the current density map, on the device
 
     def invalidate(self) -> None:
         """Forget everything: the next frame computes fresh guidance (and waits for it)."""
@@ -98,8 +110,8 @@ class GuidanceCache:
         """Make ``fresh`` (blended) current. Called only once its work is done or must be waited for anyway."""
         self._current = fresh if self._current is None else self._current.lerp(fresh, self.config.ema_weight)
         density = self._current.density
-        # one small device->host copy per refresh (not per frame); its stream has no CLIP work queued after it
-        self._current_density = None if density is None else float(density.float().mean())
+        # stays on the device: a host copy here would wait for the CLIP work (no host syncs on the hot path)
+        self._current_density = None if density is None else density.float().mean()
 
     def guidance_for(self, frames: torch.Tensor, host: Sequence[np.ndarray] | None = None) -> CacheResult:
         """Guidance for a batch, frame by frame in order.
@@ -117,8 +129,8 @@ class GuidanceCache:
         cfg = self.config
         thumbs = thumbnails(host if host is not None else list(frames.cpu().numpy()), cfg.thumbnail_px)
         per_frame: list[Guidance] = []
-        densities: list[float | None] = []
-        ready: Marker | None = None
+        densities: list[torch.Tensor | None] = []
+        fresh_work = False  # this call launched guidance work that restore must wait for
         for i in range(frames.shape[0]):
             if self._previous_thumb is not None:
                 change = float(np.abs(thumbs[i] - self._previous_thumb).mean())
@@ -131,7 +143,7 @@ class GuidanceCache:
             if self._pending is not None and self._pending[1].done():
                 self._adopt(self._pending[0])
                 self._pending = None
-                ready = self.streams.record()
+                fresh_work = True
             due = self._current is None or self._since_refresh >= cfg.refresh_every
             if due and self._pending is None:
                 fresh = self.dehazer.encode_guidance(frames[i : i + 1])
@@ -140,7 +152,7 @@ class GuidanceCache:
                 marker = self.streams.record()
                 if self._current is None or cfg.wait_for_refresh or marker.done():
                     self._adopt(fresh)  # CPU markers are always done: synchronous, used at once
-                    ready = self.streams.record()
+                    fresh_work = True
                 else:
                     self._pending = (fresh, marker)
             else:
@@ -153,6 +165,9 @@ class GuidanceCache:
             batch = per_frame[0]
         else:
             batch = Guidance.cat(per_frame)
+        known = None if any(d is None for d in densities) else [d for d in densities if d is not None]
         self.streams.to_compute(batch.density, batch.tokens)
-        known = None if any(d is None for d in densities) else [float(d) for d in densities if d is not None]
+        # Recorded last: with batch > 1 a refresh inside the batch launches Guidance.cat after
+        # the refresh itself, and restore must not read the concatenation before it is written (issue 15, 4).
+        ready = self.streams.record() if fresh_work else None
         return CacheResult(guidance=batch, densities=known, ready=ready)

@@ -81,6 +81,7 @@ def run(
         source=source,
         queues=queues,
         is_live=bool(source.info.is_live),
+        frame_size=(source.info.height, source.info.width) if source.info.width and source.info.height else None,
     )
     q = queues
     targets: list[tuple[str, Callable[[], None]]] = [

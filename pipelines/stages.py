@@ -23,11 +23,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from cliphaze.dehazer import Dehazer
+from cliphaze.dehazer import Dehazer, SupportsWarmUp
 from cliphaze.guidance_types import Guidance
 from pipelines.config import PipelineConfig
-from pipelines.cuda_streams import Marker, Streams
-from pipelines.guidance_cache import GuidanceCache
+from pipelines.cuda_streams import Marker, Streams, Timer
+from pipelines.guidance_cache import GuidanceCache, densities_to_host
 from pipelines.stats import FrameDone, StatsCollector
 from stream.records import EndOfStream, Frame, VideoInfo
 
@@ -83,9 +83,10 @@ class BatchItem:
     uploaded: Marker  # the host-to-device copy is done
     guidance: Guidance | None = None  # for restore (batch N or 1)
     guidance_ready: Marker | None = None  # restoration waits for this (fresh guidance only)
-    density: list[float] | None = None  # mean haze density per frame in [0, 1]
+    density: list[torch.Tensor] | None = None  # mean haze density per frame in [0, 1], 0-d device tensors
     restored: torch.Tensor | None = None  # (N, H, W', 3) uint8 on the device
     restored_ready: Marker | None = None
+    restore_timer: Timer | None = None  # the restore's busy time (GPU time on CUDA), read after the download
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Context:
     queues: list[queue.Queue[Message]]  # the four inter-stage queues, upstream first
     is_live: bool
     stopped_early: bool = False
+    frame_size: tuple[int, int] | None = None  # (height, width) the source announced: restore warms up for it
 
     def timed(self, stage: str, started_s: float) -> None:
         self.stats.busy(stage, time.perf_counter() - started_s)
@@ -248,20 +250,28 @@ def guidance_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
 
 
 def restore_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Message]) -> None:
-    """Run the dehazer on each batch on the compute stream."""
+    """Run the dehazer on each batch on the compute stream (after warming it up for the source's frame size)."""
+    if ctx.frame_size is not None and isinstance(ctx.dehazer, SupportsWarmUp):
+        # Before the first batch arrives: decoding (and a live source's drop policy) runs meanwhile.
+        started = time.perf_counter()
+        with ctx.streams.compute():
+            warmed = ctx.dehazer.warm_up(ctx.config.batch, *ctx.frame_size, scale=ctx.config.scale)
+        if warmed:
+            logger.info("restore warmed up for batch %d at %dx%d in %.2f s", ctx.config.batch, ctx.frame_size[1],
+                        ctx.frame_size[0], time.perf_counter() - started)  # fmt: skip
 
     def restore(msg: BatchItem) -> Message:
-        started = time.perf_counter()
         with ctx.streams.compute():
             msg.uploaded.wait()
             if msg.guidance_ready is not None:
                 msg.guidance_ready.wait()
+            msg.restore_timer = ctx.streams.timer()  # after the waits: the restore's own time
             restored = ctx.dehazer.restore(msg.frames, msg.guidance, scale=ctx.config.scale)
             if ctx.config.side_by_side:
                 restored = torch.cat([msg.frames, restored], dim=2)
             msg.restored = restored
+            msg.restore_timer.stop()
             msg.restored_ready = ctx.streams.record()
-        ctx.timed("restore", started)
         return msg
 
     _relay(ctx, inp, out, restore)
@@ -277,7 +287,10 @@ def download_stage(ctx: Context, inp: queue.Queue[Message], out: queue.Queue[Mes
         arrays: np.ndarray = host.numpy()
         frames = [dataclasses.replace(it.frame, data=arrays[i]) for i, it in enumerate(msg.items)]
         ctx.timed("download", started)
-        return OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=msg.density)
+        density = densities_to_host(msg.density)  # after the download: nothing left to wait for
+        if msg.restore_timer is not None:
+            ctx.stats.busy("restore", msg.restore_timer.seconds())  # its end was reached before the download
+        return OutBatch(frames=frames, entered_s=[it.entered_s for it in msg.items], density=density)
 
     _relay(ctx, inp, out, download)
 

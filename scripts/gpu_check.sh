@@ -1,40 +1,68 @@
 #!/usr/bin/env bash
-# One prepared GPU run for issue 7 (an H100 session has 15 device minutes in all: this stays under ~8).
+# The prepared GPU run of issue 15: one `run` call on an H100/H200 (a session has 15 device minutes in all;
+# this script stays under 8, the machine's start and the transfers take the rest).
 #
-#   scripts/gpu_check.sh            # on the GPU machine, from the repository root (or anywhere: it cd's there)
-#   CLIPHAZE_GPU_CHECK_DRY=1 scripts/gpu_check.sh   # CPU mode: tiny sizes, no pytest (tests/test_gpu_check.py)
+# Recipe, here (a machine with pip and network; about 4 minutes, mostly xz):
+#   scripts/pack_gpu.sh              # .gpu/site.tar.xz: the packages the GPU image lacks (av, open_clip_torch,
+#                                    #   ftfy, wcwidth, kornia, kornia_rs, pytorch-msssim, scikit-video; and
+#                                    #   pytest-timeout, which pyproject's `timeout` option needs) from Python
+#                                    #   3.12 manylinux wheels (46 MB), unpacked and re-packed as one tar | xz -9e
+#                                    #   (34 MB); then checks that the working tree (20 MB) plus .gpu/ fit 64 MiB
+#   scripts/pack_gpu.sh --project    # also .gpu/proj.tar.xz = git archive HEAD | xz -9 (17 MB), for a session
+#                                    #   whose working tree is not this project
+# Then one device call; the working tree travels with it, .gpu/ is git-ignored and carried (put the commit in
+# the command: the tree that travels has no .git):
+#   run(command="CLIPHAZE_GPU_CHECK_COMMIT=<git describe --always --dirty> bash scripts/gpu_check.sh",
+#       carry=[".gpu"], timeout_s=540)
+# or, with the project inside the carry:
+#   run(command="mkdir -p /tmp/proj && tar -C /tmp/proj -xJf .gpu/proj.tar.xz && CLIPHAZE_GPU_CARRY=$PWD/.gpu
+#        bash /tmp/proj/scripts/gpu_check.sh", carry=[".gpu"], timeout_s=540)
 #
-# Steps, most important first, each under `timeout` and a global deadline (a step that does not fit is
-# recorded as skipped, never estimated):
-#   0. wheels carried in .whl/ (av, open_clip_torch, ftfy, wcwidth, kornia, kornia_rs, scikit-video...) are
-#      installed into /tmp/site when present; the repository itself goes on PYTHONPATH (no pip install).
-#   1. pytest -m gpu with CLIPHAZE_REQUIRE_GPU=1 (a GPU test that would skip fails instead).
-#   2. cliphaze bench realtime, fp32, compile off: dcp, cliphaze-t, cliphaze-s at 1080p and 4K, scale 1/0.5/0.25.
-#   3. bf16 autocast; 4. torch.compile default and CUDA graphs (reduce-overhead); 5. batch 4; 6. 2 and 4 streams
-#      sharing one GPU (copy/compute overlap is the engine's CUDA path in every end-to-end number);
-#   7. decode fps, CPU against NVDEC (scripts/bench_decode.py, --hwdec none/cuda) at 1080p and 4K.
-#   After 1: cliphaze bench scan --device cuda (the scan backends at the 960x540 stage, bf16; scan.log).
-# Output: a markdown table with the device name in docs/benchmarks-gpu.md, and in $OUT when set, with the logs.
-# Environment: CLIPHAZE_GPU_CHECK_BUDGET_S (default 450), CLIPHAZE_GPU_CHECK_DOC (default docs/benchmarks-gpu.md).
+# On the GPU machine: .gpu/site.tar.xz is unpacked into /tmp/site (about 5 s), PYTHONPATH=/tmp/site:<project>
+# (no pip install), then the steps below, most important first, each under `timeout` and inside a global
+# deadline (CLIPHAZE_GPU_CHECK_BUDGET_S, default 450 s). A step that does not fit is recorded as skipped;
+# nothing is ever estimated in its place.
+#   pytest-gpu        CLIPHAZE_REQUIRE_GPU=1 pytest -m "gpu and not slow" (target: under 2 minutes)
+#   scan              the selective-scan forward at b=1, 4x96 channels, N=16, L=129,600, bf16 (target <= 1 ms)
+#   scan-cli          cliphaze bench scan --device cuda: the same size, forward+backward, the fused four-direction
+#                     call, and chunked (refused or out of memory)
+#   rt-t-1080p        bench realtime bf16, cliphaze-t 1080p at --scale 0.5 (>= 60 fps) and 1 (>= 15 fps)
+#   train-step        cliphaze-t, crop 256, batch 16, bf16 (<= 150 ms/step, <= 24 GiB)
+#   rt-t-4k           cliphaze-t 4K at --scale 0.25 (>= 30 fps)
+#   rt-s-1080p        cliphaze-s 1080p at --scale 0.5 (>= 30 fps)
+#   rt-dcp            dcp at 1080p and 4K
+#   rt-t-eager        cliphaze-t 1080p --scale 0.5 without CUDA graphs (what the graphs gain)
+#   decode            scripts/bench_decode.py: CPU against NVDEC at 1080p
+#   pytest-gpu-slow   pytest -m "gpu and slow" (torch.compile with inductor CUDA graphs: compiles for minutes)
+# Output (the GPU machine returns at most 8 files): $OUT/summary.md (steps, targets met or not, tables),
+# $OUT/benchmarks-gpu-section.md (ready to paste into docs/benchmarks-gpu.md) and $OUT/logs.tar.xz (every
+# log and JSON). Without $OUT: $CLIPHAZE_GPU_CHECK_OUT (default /tmp/cliphaze-gpu-check-out).
+#
+# CPU dry mode (no CUDA device, or CLIPHAZE_GPU_CHECK_DRY=1): the same steps at toy sizes, no pytest; it only
+# proves the script works (tests/test_gpu_check.py runs it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PROJECT="$PWD"
 
 DRY="${CLIPHAZE_GPU_CHECK_DRY:-0}"
 BUDGET_S="${CLIPHAZE_GPU_CHECK_BUDGET_S:-450}"
-DOC="${CLIPHAZE_GPU_CHECK_DOC:-docs/benchmarks-gpu.md}"
+CARRY="${CLIPHAZE_GPU_CARRY:-$PROJECT/.gpu}"
+RESULTS="${OUT:-${CLIPHAZE_GPU_CHECK_OUT:-/tmp/cliphaze-gpu-check-out}}"
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d /tmp/cliphaze-gpu-check.XXXXXX)"
-STEPS_FILE="$WORK/steps.tsv"
+LOGS="$WORK/logs"
+mkdir -p "$LOGS" "$RESULTS"
+STEPS_FILE="$LOGS/steps.tsv"
 : >"$STEPS_FILE"
 export PYTHONUNBUFFERED=1
 
-if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
-  echo "gpu_check: installing carried wheels from .whl/ into /tmp/site"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || echo "gpu_check: wheel install failed; continuing with what is installed"
+if [ -f "$CARRY/site.tar.xz" ]; then
+  echo "gpu_check: unpacking $CARRY/site.tar.xz into /tmp/site"
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf "$CARRY/site.tar.xz" \
+    || echo "gpu_check: unpacking the packages failed; continuing with what is installed"
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PROJECT${PYTHONPATH:+:$PYTHONPATH}"
 
 HAS_CUDA="$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)"
 if [ "$DRY" != "1" ] && [ "$HAS_CUDA" != "1" ]; then
@@ -45,11 +73,23 @@ if [ "$DRY" = "1" ]; then
   DEVICE=cpu
 else
   DEVICE=cuda
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$WORK/nvidia-smi.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$LOGS/nvidia-smi.txt"
 fi
+"$PY" -c 'import sys, torch; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}")' \
+  2>&1 | tee "$LOGS/versions.txt"
+"$PY" -c 'import av, kornia, open_clip; print(f"av {av.__version__}, kornia {kornia.__version__}, open_clip {open_clip.__version__}")' \
+  2>&1 | tee -a "$LOGS/versions.txt"
+SCAN_AUTO="$("$PY" -c "from cliphaze.ops import resolve_backend; print(resolve_backend('auto', '$DEVICE'))" 2>/dev/null || echo unknown)"
+echo "scan backend auto on $DEVICE: $SCAN_AUTO" | tee -a "$LOGS/versions.txt"
+# The commit measured: given by the caller (the tree that travels has no .git), else git, else the carry's.
+if [ -z "${CLIPHAZE_GPU_CHECK_COMMIT:-}" ]; then
+  CLIPHAZE_GPU_CHECK_COMMIT="$(git -C "$PROJECT" describe --always --dirty 2>/dev/null \
+    || { [ -f "$CARRY/commit.txt" ] && echo "carry packed at $(cat "$CARRY/commit.txt")"; } || echo unknown)"
+fi
+export CLIPHAZE_GPU_CHECK_COMMIT
 DEADLINE=$((SECONDS + BUDGET_S))
 
-# step NAME MAX_S CMD...: run under timeout (at most the time left), log to $WORK/NAME.log, record the outcome.
+# step NAME MAX_S CMD...: run under timeout (at most the time left), log to $LOGS/NAME.log, record the outcome.
 step() {
   local name="$1" max_s="$2"
   shift 2
@@ -62,84 +102,75 @@ step() {
   local limit=$((max_s < left ? max_s : left))
   echo "gpu_check: $name (limit ${limit}s)"
   local started=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$?
-  tail -n 25 "$WORK/$name.log"
+  tail -n 15 "$LOGS/$name.log"
   local outcome="ok"
-  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && outcome="timed out after ${limit}s"
+  { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && outcome="timed out after ${limit}s"
   [ "$rc" -ne 0 ] && [ "$outcome" = "ok" ] && outcome="failed (exit $rc)"
   printf '%s\t%s in %ss\n' "$name" "$outcome" "$((SECONDS - started))" >>"$STEPS_FILE"
 }
 
-bench() {  # bench NAME MAX_S [cliphaze bench realtime options...]
+realtime() {  # realtime NAME MAX_S [cliphaze bench realtime options...]
   local name="$1" max_s="$2"
   shift 2
-  step "$name" "$max_s" "$PY" cli.py bench realtime --device "$DEVICE" --json "$WORK/bench-$name.json" "$@"
+  step "$name" "$max_s" "$PY" cli.py bench realtime --device "$DEVICE" --json "$LOGS/bench-$name.json" "$@"
 }
+
+# The scan at the issue's size through the benchmark's API (every available backend but the sequential
+# reference, plus auto); one JSON line per backend for the summary.
+SCAN_PY='
+import json, sys
+from pipelines.bench.scan import ScanBenchConfig, format_scan_report, run_scan_benchmark
+from cliphaze.ops import available_backends
+device, height, width, d_inner = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dtype = "bfloat16" if device == "cuda" else "float32"  # the network runs the scan on bf16 inputs under autocast
+config = ScanBenchConfig(batch=1, directions=4, d_inner=d_inner, d_state=16, height=height, width=width,
+                         repeats=5, device=device, dtype=dtype)
+names = [n for n, (ok, _) in available_backends(device).items() if ok and n != "reference"] + ["auto"]
+results = run_scan_benchmark(config, names)
+print(format_scan_report(config, results))
+for r in results:
+    print("SCAN " + json.dumps({"backend": r.backend, "L": height * width, "forward_ms": r.forward_ms,
+                                "forward_backward_ms": r.forward_backward_ms}))
+'
 
 if [ "$DRY" = "1" ]; then
   printf 'pytest-gpu\tskipped (dry/CPU mode)\n' >>"$STEPS_FILE"
-  bench fp32 240 --variants dcp,cliphaze-tiny --resolutions 720p --scales 0.25 --frames 1 --max-frame-s 60
-  bench bf16 120 --variants cliphaze-tiny --resolutions 720p --scales 0.25 --frames 1 --precision bf16 --no-e2e \
+  step scan 120 "$PY" -c "$SCAN_PY" cpu 16 16 8
+  realtime rt-dry 240 --variants dcp,cliphaze-tiny --resolutions 720p --scales 0.25 --frames 1 --precision bf16 \
     --max-frame-s 60
+  step train-step 120 "$PY" -m pipelines.bench.train_step --variant cliphaze-tiny --crop 32 --batch 2 --amp bf16 \
+    --device cpu --steps 1
   step decode 60 "$PY" scripts/bench_decode.py --sizes 320x180 --frames 10 --hwdec none,cuda
 else
-  bench fp32 150 --variants dcp,cliphaze-t,cliphaze-s --resolutions 1080p,4k --scales 1,0.5,0.25 --frames 20 \
-    --max-frame-s 2
-  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu 120 "$PY" -m pytest -m gpu -q -x -p no:cacheprovider tests
-  step scan 90 "$PY" cli.py bench scan --device cuda  # triton vs chunked at the 960x540 stage (issue 15), scan.log
-  bench bf16 60 --variants cliphaze-t,cliphaze-s --resolutions 1080p,4k --scales 1,0.5 --frames 20 --precision bf16 \
-    --max-frame-s 2
-  bench compile 120 --variants cliphaze-t --resolutions 1080p,4k --scales 0.5 --frames 20 --compile default --no-e2e
-  bench cudagraphs 90 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --compile reduce-overhead \
-    --no-e2e
-  bench batch4 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --batch 4
-  bench streams2 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --streams 2
-  bench streams4 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames 20 --streams 4
-  step decode 60 "$PY" scripts/bench_decode.py --sizes 1920x1080,3840x2160 --frames 100 --hwdec none,cuda
+  FRAMES=30
+  if [ "$SCAN_AUTO" = "chunked" ]; then
+    FRAMES=3  # the pure-PyTorch scan takes seconds per frame on a GPU: a few frames still give a measurement
+  fi
+  # Only the files that hold gpu tests: the others may import what the GPU image lacks (hypothesis, ...).
+  mapfile -t GPU_TEST_FILES < <(grep -rlE "mark\.gpu|marks=pytest\.mark\.gpu" tests --include="test_*.py" | sort)
+  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu 150 "$PY" -m pytest -m "gpu and not slow" -q -p no:cacheprovider -W "ignore::pytest.PytestConfigWarning" \
+    --durations=15 "${GPU_TEST_FILES[@]}"
+  step scan 60 "$PY" -c "$SCAN_PY" cuda 270 480 96
+  # The same size from the CLI: also the fused four-direction call and chunked (refused or out of memory).
+  step scan-cli 90 "$PY" cli.py bench scan --device cuda
+  realtime rt-t-1080p 120 --variants cliphaze-t --resolutions 1080p --scales 0.5,1 --frames "$FRAMES" \
+    --precision bf16 --max-frame-s 2
+  step train-step 90 "$PY" -m pipelines.bench.train_step --variant cliphaze-t --crop 256 --batch 16 --amp bf16 \
+    --device cuda --steps 5
+  realtime rt-t-4k 60 --variants cliphaze-t --resolutions 4k --scales 0.25 --frames "$FRAMES" --precision bf16 \
+    --no-e2e --max-frame-s 2
+  realtime rt-s-1080p 60 --variants cliphaze-s --resolutions 1080p --scales 0.5 --frames "$FRAMES" --precision bf16 \
+    --no-e2e --max-frame-s 2
+  realtime rt-dcp 45 --variants dcp --resolutions 1080p,4k --frames 30 --precision bf16
+  realtime rt-t-eager 45 --variants cliphaze-t --resolutions 1080p --scales 0.5 --frames "$FRAMES" --precision bf16 \
+    --no-cuda-graphs --no-e2e --max-frame-s 2
+  step decode 45 "$PY" scripts/bench_decode.py --sizes 1920x1080 --frames 100 --hwdec none,cuda
+  CLIPHAZE_REQUIRE_GPU=1 step pytest-gpu-slow 120 "$PY" -m pytest -m "gpu and slow" -q -p no:cacheprovider -W "ignore::pytest.PytestConfigWarning" \
+    --durations=5 "${GPU_TEST_FILES[@]}"
 fi
 
-"$PY" - "$WORK" "$DOC" "$DRY" <<'EOF'
-import json
-import sys
-import time
-from pathlib import Path
-
-from pipelines.bench.realtime import markdown_table
-
-work, doc, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
-results = [json.loads(p.read_text()) for p in sorted(work.glob("bench-*.json"))]
-device = results[0]["device_name"] if results else "unknown (no benchmark finished)"
-smi = work / "nvidia-smi.txt"
-lines = [
-    "# GPU benchmarks (scripts/gpu_check.sh)",
-    "",
-    f"Device: **{device}**{' (' + smi.read_text().strip() + ')' if smi.exists() else ''}; "
-    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
-    + (" DRY/CPU MODE (tiny sizes): these rows only prove the script works, they are not GPU numbers." if dry else ""),
-    "CLIPHaze variants run with random weights (speed only). Cells over the script's per-frame limit are skipped.",
-    "",
-    "## Steps",
-    "",
-    *[f"- {line.replace(chr(9), ': ', 1)}" for line in (work / "steps.tsv").read_text().splitlines()],
-    "",
-    "## Results",
-    "",
-    markdown_table(results) if results else "No benchmark produced results.",
-    "",
-]
-decode = work / "decode.log"
-if decode.exists():
-    rows = [line for line in decode.read_text().splitlines() if line.startswith(("NVDEC:", "decode "))]
-    lines += ["## Decoding (scripts/bench_decode.py: decode + RGB conversion, CPU against NVDEC)", "",
-              *[f"- {row}" for row in rows], ""]
-doc.parent.mkdir(parents=True, exist_ok=True)
-doc.write_text("\n".join(lines))
-print(f"gpu_check: wrote {doc}")
-EOF
-
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT"
-  cp "$DOC" "$OUT/" && cp "$WORK"/*.log "$WORK"/*.json "$WORK/steps.tsv" "$OUT/" 2>/dev/null
-fi
-echo "gpu_check: done in ${SECONDS}s"
+"$PY" scripts/gpu_check_summary.py "$LOGS" "$RESULTS" "$DRY" || echo "gpu_check: the summary failed (logs kept)"
+tar -C "$WORK" -cJf "$RESULTS/logs.tar.xz" logs
+echo "gpu_check: wrote $(ls "$RESULTS" | tr '\n' ' ')into $RESULTS in ${SECONDS}s"

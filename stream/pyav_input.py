@@ -20,6 +20,7 @@ import numpy as np
 
 from stream.convert import frame_to_rgb, matrix_of, range_of
 from stream.errors import DecodeError, SourceOpenError, SourceTimeout
+from stream.hwdec import decoded_on_gpu
 from stream.hwdec import resolve as resolve_hwdec
 from stream.records import AudioInfo, VideoInfo
 from stream.uri import SourceSpec, redact
@@ -142,10 +143,13 @@ class PyAVConnection:
         timeout = (options.open_timeout_s, options.read_timeout_s) if spec.kind in _NETWORK_KINDS else None
         fmt = "v4l2" if spec.kind == "v4l2" else None
         started = time.monotonic()
+        hwaccel = resolve_hwdec(options.hwdec)
+        # PyAV < 14 has no ``hwaccel`` argument; resolve() is None there
+        hw_option = {} if hwaccel is None else {"hwaccel": hwaccel}
         try:
             self._container = av.open(
                 spec.url, "r", format=fmt, options=container_options(spec, options, live), timeout=timeout,
-                hwaccel=resolve_hwdec(options.hwdec),
+                **hw_option,
             )
         except (av.error.FFmpegError, OSError) as exc:
             # FFmpeg's message repeats the URL; chain a scrubbed copy so tracebacks never show the password
@@ -178,6 +182,12 @@ class PyAVConnection:
             self._container.close()
             raise
         self.info = self._describe(live)
+        self.decodes_on_gpu = hwaccel is not None and decoded_on_gpu(self._video.codec_context, self._first)
+        if self.decodes_on_gpu:
+            logger.info("decoding %s with NVDEC (%s frames)", spec.display, self.info.pix_fmt)
+        elif hwaccel is not None:
+            logger.info("NVDEC asked for, but %s (%s) decodes on the CPU (no NVDEC profile for it: software fallback)",
+                        spec.display, self.info.codec)  # fmt: skip
 
     def _describe(self, live: bool) -> VideoInfo:
         stream, first = self._video, self._first

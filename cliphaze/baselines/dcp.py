@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cliphaze.baselines import dcp_cpu
 from cliphaze.guidance_types import Guidance
+from cliphaze.preprocess import device_constant
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class DarkChannelDehazer:
             airlight = self._smooth_airlight(airlight)
         airlight = airlight.clamp(cfg.airlight_min * PIXEL_MAX, PIXEL_MAX)
         t_raw = 1.0 - cfg.omega * dark_channel(small / airlight[:, :, None, None], patch)
-        weights = torch.tensor(LUMA_WEIGHTS, device=small.device, dtype=small.dtype)
+        weights = device_constant(LUMA_WEIGHTS, small.device, small.dtype)  # no per-frame upload
         grey = torch.einsum("nchw,c->nhw", small, weights).unsqueeze(1)  # (N, 1, h, w) in [0, 255]
         radius = max(1, round(cfg.guide_radius_px / sub))
         eps = cfg.guide_eps * PIXEL_MAX**2  # eps is in squared guide units
@@ -284,7 +285,7 @@ def apply_transmission(frames: torch.Tensor, est: _Estimate, t0: float) -> torch
     """Torch path of the full-resolution pass (any device): uint8 (N, H, W, 3) -> dehazed uint8 (N, H, W, 3)."""
     size = frames.shape[1:3]
     images = frames.float()
-    weights = torch.tensor(LUMA_WEIGHTS, device=images.device, dtype=images.dtype)
+    weights = device_constant(LUMA_WEIGHTS, images.device, images.dtype)
     grey = images @ weights  # (N, H, W)
     if est.mean_a.shape[-2:] != size:
         mean_a = F.interpolate(est.mean_a, size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -92,6 +92,8 @@ def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: 
 @click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True)
 @click.option("--compile", "compile_mode", type=click.Choice(COMPILE_MODES),
               default="off", show_default=True)  # fmt: skip
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="CLIPHaze on CUDA: replay the restore path from CUDA graphs (compile off).")
 @click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True)
 @click.option("--streams", type=click.IntRange(1, None), default=1, show_default=True,
               help="Concurrent end-to-end runs sharing one dehazer.")  # fmt: skip
@@ -101,8 +103,8 @@ def bench_pipeline(seconds: float, variants: str, frames: int, cliphaze_frames: 
               help="torch CPU threads (0 = half the cores, as dehaze).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the rows.")
 def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, max_frame_s: float,
-                   guidance_every: int, precision: str, compile_mode: str, batch: int, streams: int, no_e2e: bool,
-                   device: str, threads: int, json_path: Path | None) -> None:  # fmt: skip
+                   guidance_every: int, precision: str, compile_mode: str, cuda_graphs: bool, batch: int,
+                   streams: int, no_e2e: bool, device: str, threads: int, json_path: Path | None) -> None:  # fmt: skip
     """Variant x resolution x scale: model-only fps, end-to-end fps, latency p50/p95, guidance share."""
     import torch
 
@@ -125,7 +127,8 @@ def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, ma
     config = RealtimeBenchConfig(variants=tuple(v for v in variants.split(",") if v), resolutions=names,
                                  scales=scale_values, frames=frames, guidance_every=guidance_every,
                                  max_frame_s=max_frame_s, precision=precision, compile_mode=compile_mode,
-                                 batch=batch, streams=streams, end_to_end=not no_e2e)  # fmt: skip
+                                 cuda_graphs=cuda_graphs, batch=batch, streams=streams,
+                                 end_to_end=not no_e2e)  # fmt: skip
     click.echo(f"device {resolved}, torch threads {torch.get_num_threads()}; CLIPHaze weights are random (speed only)")
     results = run_realtime_benchmark(config, device=str(resolved), report=click.echo)
     skipped = sum(1 for row in results["rows"] if "skipped" in row)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cliphaze.dehazer import Dehazer
+from cliphaze.dehazer import Dehazer, SupportsWarmUp
 from pipelines.bench.pipeline import PipelineBenchConfig, _read_frames, pipeline_run, random_cliphaze_dehazer
 from pipelines.config import GuidanceCacheConfig, PipelineConfig
 
@@ -48,6 +48,7 @@ class RealtimeBenchConfig:
     max_frame_s: float = 4.0  # skip cells whose estimated seconds per frame exceed this
     precision: str = "fp32"  # network precision ("bf16"/"fp16": autocast)
     compile_mode: str = "off"  # cliphaze.compiled mode for CLIPHaze variants
+    cuda_graphs: bool = True  # CLIPHaze on CUDA (compile off): replay the restore path from CUDA graphs
     batch: int = 1  # frames per restore call in the end-to-end run
     streams: int = 1  # concurrent end-to-end runs sharing the dehazer (several cameras on one device)
     end_to_end: bool = True  # also run the engine file -> file
@@ -72,7 +73,7 @@ def _make_dehazer(variant: str, device: torch.device, folder: Path, bench: Realt
     base = random_cliphaze_dehazer(variant, device, folder)
     assert isinstance(base, ClipHazeDehazer)
     return ClipHazeDehazer(base.net, base.encoder, device=device, precision=bench.precision,
-                           compile_mode=bench.compile_mode)  # fmt: skip
+                           compile_mode=bench.compile_mode, cuda_graphs=bench.cuda_graphs)  # fmt: skip
 
 
 def time_model(dehazer: Dehazer, frames: list[np.ndarray], scale: float, guidance_every: int) -> dict[str, float]:
@@ -83,6 +84,8 @@ def time_model(dehazer: Dehazer, frames: list[np.ndarray], scale: float, guidanc
     """
     device = dehazer.device
     tensors = [torch.from_numpy(f)[None].to(device) for f in frames]
+    if isinstance(dehazer, SupportsWarmUp):  # CUDA graph capture, as the engine does before the first frame
+        dehazer.warm_up(1, *frames[0].shape[:2], scale=scale)
     guidance = dehazer.encode_guidance(tensors[0]) if dehazer.uses_guidance else None
     dehazer.restore(tensors[0], guidance, scale=scale)  # warm-up (and compile)
     _sync(device)
@@ -99,7 +102,18 @@ def time_model(dehazer: Dehazer, frames: list[np.ndarray], scale: float, guidanc
     restore_s = (time.perf_counter() - started) / len(tensors)
     frame_s = restore_s + guidance_s / guidance_every
     return {"model_fps": 1.0 / frame_s, "restore_ms": restore_s * 1e3, "guidance_ms": guidance_s * 1e3,
-            "guidance_share": (guidance_s / guidance_every) / frame_s}  # fmt: skip
+            "guidance_share": (guidance_s / guidance_every) / frame_s,
+            "restore_path": _restore_path(dehazer)}  # fmt: skip
+
+
+def _restore_path(dehazer: Dehazer) -> str:
+    """"cuda graphs" when this thread's restores replayed graphs; "eager" otherwise, with why when capture failed."""
+    graphs = getattr(dehazer, "graphs", None)
+    if graphs is None:
+        return "eager"
+    if graphs.disabled is not None:
+        return f"eager (capture failed: {graphs.disabled})"
+    return "cuda graphs" if graphs.replays else "eager"
 
 
 def _end_to_end(clip: Path, folder: Path, dehazer: Dehazer, scale: float, bench: RealtimeBenchConfig) -> dict[str, float]:
@@ -238,8 +252,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     for result in results:
         cfg = result["config"]
         for row in result["rows"]:
+            compile_mode = cfg["compile_mode"] + (" + graphs" if row.get("restore_path") == "cuda graphs" else "")
             common = (f"| {result['device_name']} | {row['variant']} | {row['resolution']} | {row['scale']:g} | "
-                      f"{cfg['precision']} | {cfg['compile_mode']} | {cfg['batch']} | {cfg['streams']} |")  # fmt: skip
+                      f"{cfg['precision']} | {compile_mode} | {cfg['batch']} | {cfg['streams']} |")  # fmt: skip
             if "skipped" in row:
                 lines.append(f"{common} skipped: {row['skipped']} | | | | |")
                 continue

@@ -88,15 +88,20 @@ def test_inductor_on_cpu_matches_eager() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compile_and_cuda_graphs_on_gpu_match_eager(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "backend"),
+    [("default", "aot_eager"),
+     # inductor code generation: over a minute on an H200 for cliphaze-t (gpu-notes), so not in the 2-minute run
+     pytest.param("reduce-overhead", "inductor", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_compile_and_cuda_graphs_on_gpu_match_eager(mode: str, backend: str) -> None:
     import torch._dynamo
 
     net = _net("cuda", scan_backend="auto")
     frames = _frames("cuda")
-    expected = ClipHazeDehazer(net, None, device="cuda").restore(frames, None)
+    expected = ClipHazeDehazer(net, None, device="cuda", cuda_graphs=False).restore(frames, None)
     torch._dynamo.reset()
-    compiled = ClipHazeDehazer(net, None, device="cuda", compile_mode=mode)
+    compiled = ClipHazeDehazer(net, None, device="cuda", compile_mode=mode, compile_backend=backend)
     for _ in range(3):  # CUDA graphs record on a later call than the first; replays must agree too
         out = compiled.restore(frames, None)
         assert (out.int() - expected.int()).abs().max().item() <= 1

@@ -272,3 +272,19 @@ def test_4k_and_odd_sizes_trace_on_the_meta_device(name: str) -> None:
             tokens = torch.empty(1, 50, VARIANTS[name].guidance.semantic_dim)
             k, bb = net.forward_fields(torch.empty(1, 3, h, w), torch.empty(1, 1, 7, 7), tokens)
             assert k.shape == (1, 1, h, w) and bb.shape == (1, 3, h, w)
+
+
+def test_reconstruction_head_runs_in_fp32_under_bf16_autocast() -> None:
+    """Issue 15, 3: under bf16 the network body may round, but K, Bb (head and airlight term) stay fp32."""
+    torch.manual_seed(0)
+    net = ClipHazeNet(_tiny().replace(global_airlight=True)).eval()
+    _perturb_zero_init(net)
+    seen: list[torch.dtype] = []
+    net.head.register_forward_hook(lambda _m, args, out: seen.extend([args[0].dtype, out.dtype]))
+    x = torch.rand(1, 3, 16, 24) * 2 - 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        k, bb = net.forward_fields(x)
+    assert seen == [torch.float32, torch.float32] and k.dtype == bb.dtype == torch.float32
+    with torch.no_grad():
+        k32, bb32 = net.forward_fields(x)
+    torch.testing.assert_close(k, k32, atol=0.05, rtol=0.05)  # only the body rounded to bf16

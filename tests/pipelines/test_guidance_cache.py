@@ -11,8 +11,8 @@ from pipeline_fakes import CountingDehazer, ListSink, ListSource, make_frames
 
 from cliphaze.guidance_types import Guidance
 from pipelines.config import GuidanceCacheConfig, PipelineConfig
-from pipelines.cuda_streams import create_streams
-from pipelines.guidance_cache import GuidanceCache
+from pipelines.cuda_streams import CpuStreams, create_streams
+from pipelines.guidance_cache import GuidanceCache, densities_to_host
 from pipelines.runner import run
 
 EXACT = GuidanceCacheConfig(refresh_every=1, ema_weight=1.0)
@@ -78,7 +78,7 @@ def test_ema_blends_fresh_guidance() -> None:
     assert first.density is not None and second.density is not None
     expected = 40 / 255 + 0.25 * (50 / 255 - 40 / 255)
     assert second.density.flatten()[0].item() == pytest.approx(expected, rel=1e-6)
-    assert second_result.densities == [pytest.approx(expected, rel=1e-6)]
+    assert densities_to_host(second_result.densities) == [pytest.approx(expected, rel=1e-6)]
     assert cache.counters.misses == 2 and cache.counters.invalidations == 0
 
 
@@ -113,3 +113,55 @@ def test_batched_guidance_is_concatenated_per_frame() -> None:
     # Frames 0-1 share the guidance computed at frame 0, frames 2-3 the one refreshed at frame 2.
     rows = batch.density
     assert torch.equal(rows[0], rows[1]) and torch.equal(rows[2], rows[3]) and not torch.equal(rows[1], rows[2])
+
+
+class _Launched:
+    """Marker of a fake stream: covers the work launched before it was recorded, like a CUDA event."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.covers = list(log)
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+
+class _LoggingStreams(CpuStreams):
+    """CPU twin that logs the guidance work launched, so a test can see what a marker covers."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.device("cpu"))
+        self.log: list[str] = []
+
+    def record(self) -> _Launched:  # type: ignore[override]
+        return _Launched(self.log)
+
+
+def test_ready_marker_covers_the_batch_concatenation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 4, refresh inside the batch: restore waits for ``ready``, so ``ready`` must come after the work
+    that writes what restore reads, the per-frame concatenation included (issue 15, 4: it was recorded
+    before the cat, and restore could read guidance that was not written yet)."""
+    streams = _LoggingStreams()
+    dehazer = CountingDehazer()
+    original_cat, original_encode = Guidance.cat, dehazer.encode_guidance
+
+    def logged_cat(items: list[Guidance]) -> Guidance:
+        streams.log.append("cat")
+        return original_cat(items)
+
+    def logged_encode(frames: torch.Tensor) -> Guidance:
+        streams.log.append("encode")
+        return original_encode(frames)
+
+    monkeypatch.setattr(Guidance, "cat", staticmethod(logged_cat))
+    monkeypatch.setattr(dehazer, "encode_guidance", logged_encode)
+    cache = GuidanceCache(dehazer, GuidanceCacheConfig(refresh_every=2, ema_weight=1.0), streams)
+    frames = torch.stack([torch.full((8, 8, 3), v, dtype=torch.uint8) for v in (40, 41, 42, 43)])
+    result = cache.guidance_for(frames, list(frames.numpy()))
+    assert streams.log == ["encode", "encode", "cat"]  # a refresh at frames 0 and 2, then the batch's cat
+    assert isinstance(result.ready, _Launched) and result.ready.covers == streams.log

@@ -182,3 +182,10 @@ def test_cpu_streams_round_trip() -> None:
     assert marker.done() and frames.shape == (3, 4, 5, 3)
     host = streams.download(frames, streams.record())
     assert [int(host[i, 0, 0, 0]) for i in range(3)] == [0, 1, 2]
+
+
+def test_restore_busy_time_is_the_restore_work() -> None:
+    """The restore stage's busy time covers the dehazer's work (host time on the CPU; GPU time on CUDA, see
+    tests/pipelines/test_cuda_streams.py)."""
+    stats = run(ListSource(make_frames(4)), ListSink(), CountingDehazer(delay_s=0.05), PipelineConfig(batch=2))
+    assert 0.1 <= stats.extra["restore_busy_s"] < 1.0  # two batches of 50 ms

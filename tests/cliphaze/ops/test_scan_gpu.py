@@ -28,6 +28,7 @@ def _to_cuda(args: dict, dtype: torch.dtype) -> dict:
 
 
 def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach(), expected.detach()  # float() of a grad-requiring tensor warns (torch 2.11)
     return float((actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-30))
 
 

@@ -232,7 +232,7 @@ class CameraWorker:
             sink: Any = RepublishingSink(open_output) if sink_spec.kind in PUBLISH_KINDS else open_output()
             republishing = sink if isinstance(sink, RepublishingSink) else None
             if info.is_live and cam.fill_gaps:
-                sink = GapFiller(sink, info)
+                sink = GapFiller(sink, info, label=f"camera {cam.name}")
             filler = sink if isinstance(sink, GapFiller) else None
             stack.callback(sink.close)  # flush + trailer + rename, also after an error
             self.status.sink_stats = lambda: {

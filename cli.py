@@ -39,6 +39,7 @@ DEMO_CPU_SCALE = 0.5
 RTSP_SCHEMES = ("rtsp", "rtsps")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 JOB_LOGGER = "pipelines.job"  # its lines are user-facing notes too
+SERVE_LOGGERS = ("pipelines.serve.engine", "pipelines.serve.camera")  # camera starts, stops, restarts: notes too
 # Lazily registered commands from other packages: name -> (module, attribute).
 # Commands defined in other packages, imported only when invoked: CLI name -> module. The module's
 # click command whose ``name`` is the CLI name is used (so its Python attribute name does not matter).
@@ -148,7 +149,7 @@ def _configure_logging(verbosity: int) -> None:
     root.setLevel(level)
     # The user-facing notes of this command and of the job it runs are INFO-level, shown at normal verbosity.
     notes_level = level if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.ERROR
-    for name in (logger.name, JOB_LOGGER):
+    for name in (logger.name, JOB_LOGGER, *SERVE_LOGGERS):
         logging.getLogger(name).setLevel(notes_level)
 
 

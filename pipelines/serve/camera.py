@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 RECENT_FRAMES = 250  # latency percentiles and fps are computed over this many recent frames (10 s at 25 fps)
 STOP_GRACE_S = 2.0  # after a stop request, how long a camera may take to drain before its source is closed
 RESTART_POLICY = ReconnectPolicy(initial_s=1.0, cap_s=30.0, reset_after_s=30.0)  # between failed runs
+# Frames a live camera may buffer before the oldest is dropped: 8 = 0.32 s at 25 fps, so a short hiccup of a
+# shared CPU (another camera reconnecting, a busy neighbour process) costs latency, not frames.
+LIVE_QUEUE_FRAMES = 8
 STATES = ("starting", "running", "reconnecting", "restarting", "stopping", "stopped", "finished", "failed")
 
 
@@ -213,7 +216,7 @@ class CameraWorker:
 
         cam = self.camera
         spec = parse_source(cam.source)
-        options = SourceOptions(wait_for_source=spec.is_live, source_id=cam.name)
+        options = SourceOptions(wait_for_source=spec.is_live, source_id=cam.name, live_queue_size=LIVE_QUEUE_FRAMES)
         encoder = EncoderConfig(codec=cam.codec, crf=cam.crf, preset=cam.preset, low_latency=spec.is_live)
         with contextlib.ExitStack() as stack:
             source = FrameSource(spec, options)

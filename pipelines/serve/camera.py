@@ -195,14 +195,18 @@ class CameraWorker:
                 self.status.set(state="stopped")
 
     def _sink_path(self, attempt: int) -> str:
-        """The output of run ``attempt``: after a restart, a plain file gets a new name instead of being replaced."""
+        """The output of run ``attempt``: after a restart, a plain file that exists gets a new name
+        (``NAME.restartN.EXT``) instead of being replaced."""
         from stream.uri import parse_sink
 
         sink = self.camera.sink
-        if attempt == 0 or parse_sink(sink, self.camera.format).kind != "file":
+        if attempt == 0 or parse_sink(sink, self.camera.format).kind != "file" or not Path(sink).exists():
             return sink
         path = Path(sink)
-        return str(path.with_name(f"{path.stem}.restart{attempt}{path.suffix}"))
+        n = 1
+        while path.with_name(f"{path.stem}.restart{n}{path.suffix}").exists():
+            n += 1
+        return str(path.with_name(f"{path.stem}.restart{n}{path.suffix}"))
 
     def _run_once(self, attempt: int) -> bool:
         """One run from open to close. Returns True when the source ended (files); raises on failure."""

@@ -43,6 +43,14 @@ LIVE_QUEUE_FRAMES = 8
 STATES = ("starting", "running", "reconnecting", "restarting", "stopping", "stopped", "finished", "failed")
 
 
+def _free_name(path: Path, tag: str) -> Path:
+    """``NAME.TAGn.EXT`` with the first n not taken."""
+    n = 1
+    while path.with_name(f"{path.stem}.{tag}{n}{path.suffix}").exists():
+        n += 1
+    return path.with_name(f"{path.stem}.{tag}{n}{path.suffix}")
+
+
 class CameraStatus:
     """Live counters of one camera, updated from its threads; :meth:`snapshot` is the ``/cameras`` entry."""
 
@@ -197,16 +205,21 @@ class CameraWorker:
     def _sink_path(self, attempt: int) -> str:
         """The output of run ``attempt``: after a restart, a plain file that exists gets a new name
         (``NAME.restartN.EXT``) instead of being replaced."""
+        from stream.sink import PART_SUFFIX
         from stream.uri import parse_sink
 
         sink = self.camera.sink
-        if attempt == 0 or parse_sink(sink, self.camera.format).kind != "file" or not Path(sink).exists():
+        if parse_sink(sink, self.camera.format).kind != "file":
             return sink
         path = Path(sink)
-        n = 1
-        while path.with_name(f"{path.stem}.restart{n}{path.suffix}").exists():
-            n += 1
-        return str(path.with_name(f"{path.stem}.restart{n}{path.suffix}"))
+        leftover = Path(sink + PART_SUFFIX)
+        if leftover.exists():  # a killed process (or Ray actor) left it: keep it, it plays up to its last fragment
+            kept = _free_name(path, "crash")
+            leftover.rename(kept)
+            logger.warning("camera %s: kept the unfinished output of a killed run as %s", self.name, kept)
+        if attempt == 0 or not path.exists():
+            return sink
+        return str(_free_name(path, "restart"))
 
     def _run_once(self, attempt: int) -> bool:
         """One run from open to close. Returns True when the source ended (files); raises on failure."""

@@ -11,10 +11,8 @@ One serve process runs the whole story (starting it costs seconds on 2 cores):
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ from serve_helpers import (
     frame_pts_s,
     get_json,
     get_text,
-    rtsp_server_class,
     start_serve,
     stop_serve,
     wait_for,
@@ -41,23 +38,6 @@ HEALTHY = ("c0", "c2", "c3")
 OUTAGE_S = 4.0
 WARM_FRAMES = 260  # past the engine warm-up: the latency window (250 frames) then holds steady-state frames only
 P95_FLAT_FACTOR, P95_FLAT_SLACK_MS = 2.0, 100.0  # "flat": at most twice the baseline or +100 ms
-
-
-@pytest.fixture
-def four_cameras() -> Iterator[list[Any]]:
-    system_python, server_class, free_port_pair = rtsp_server_class()
-    if not os.path.exists(system_python):
-        pytest.fail("GStreamer RTSP server missing: run scripts/test.sh (it installs the Debian packages)")
-    servers: list[Any] = []
-    try:
-        for _ in range(4):
-            server = server_class(free_port_pair())
-            server.start()
-            servers.append(server)
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def _steps_are_one_frame(pts: list[float]) -> bool:

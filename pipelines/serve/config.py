@@ -201,6 +201,14 @@ def _camera(raw: Any, index: int, defaults: Mapping[str, Any], env: Mapping[str,
     if weights is not None and not weights.is_file():
         raise ServeConfigError(f"{where}: weights {weights} not found")
     fmt = merged.get("format")
+    from stream.errors import BadUriError
+    from stream.uri import parse_sink, parse_source, redact
+
+    try:
+        parse_source(source)
+        parse_sink(sink, fmt if isinstance(fmt, str) else None)
+    except BadUriError as exc:
+        raise ServeConfigError(f"{where}: {redact(str(exc))}") from exc
     return CameraConfig(name=merged["name"], source=source, sink=sink, format=fmt if isinstance(fmt, str) else None,
                         model=model, weights=weights, scale=scale, guidance_every=every, codec=codec, crf=crf,
                         preset=str(merged.get("preset", "veryfast")), density_log=path("density_log"),
@@ -234,9 +242,13 @@ def load_config(path: Path, *, env: Mapping[str, str] | None = None, rtsp_user: 
     cameras = tuple(_camera(raw, i, defaults, env, base, rtsp_user, rtsp_password)
                     for i, raw in enumerate(data["cameras"]))  # fmt: skip
     seen: set[str] = set()
+    sinks: dict[str, str] = {}
     for camera in cameras:
         if camera.name in seen:
             raise ServeConfigError(f"{path}: camera name {camera.name!r} appears twice")
         seen.add(camera.name)
+        if camera.sink in sinks:
+            raise ServeConfigError(f"{path}: cameras {sinks[camera.sink]!r} and {camera.name!r} write the same output")
+        sinks[camera.sink] = camera.name
     return ServeConfig(cameras)
 

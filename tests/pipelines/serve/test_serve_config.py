@@ -80,6 +80,10 @@ def test_yaml_and_toml_give_the_same_cameras(tmp_path: Path, suffix: str, text: 
         ("cameras:\n  - {name: a, source: x.mp4, sink: '-'}", "stdout cannot carry"),
         ("cameras:\n  - {name: a, source: x.mp4, sink: a.mkv, password_env: MISSING}", "MISSING"),
         ("cameras: [", "not valid YAML"),
+        ("cameras:\n  - {name: a, source: x.mp4, sink: a.mkv}\n  - {name: b, source: y.mp4, sink: a.mkv}",
+         "write the same output"),
+        ("cameras:\n  - {name: a, source: 'gopher://u:pw@cam/x', sink: a.mkv}", "unsupported source scheme"),
+        ("cameras:\n  - {name: a, source: x.mp4, sink: a.avi2}", "unknown output extension"),
     ],
 )  # fmt: skip
 def test_bad_files_fail_with_one_line(tmp_path: Path, body: str, message: str) -> None:
@@ -87,7 +91,7 @@ def test_bad_files_fail_with_one_line(tmp_path: Path, body: str, message: str) -
     path.write_text(body)
     with pytest.raises(ServeConfigError) as info:
         load_config(path, env={})
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert message in str(info.value) and "\n" not in str(info.value) and "pw" not in str(info.value)
 
 
 def test_unknown_format_and_missing_file(tmp_path: Path) -> None:

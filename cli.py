@@ -433,7 +433,8 @@ def _reload_signal(reload: threading.Event) -> Iterator[None]:
 @click.option("--http-port", type=click.IntRange(0, 65535), default=9110, show_default=True,
               help="/healthz, /cameras (JSON) and /metrics (Prometheus).")
 @click.option("--http-addr", default="127.0.0.1", show_default=True, help="Bind address of the status endpoint.")
-@click.option("--ray", "ray_address", help="Serve on a Ray cluster: its address, or auto (pip install 'cliphaze[ray]').")
+@click.option("--ray", "ray_address",
+              help="Serve on a Ray cluster: its address, auto, or local (pip install 'cliphaze[ray]').")
 @click.option("--ray-actors", type=click.IntRange(1, None),
               help="Serving actors on the cluster [default: one per GPU, else one per node].")
 @click.option("--rtsp-user", envvar="CLIPHAZE_RTSP_USER", help="Default RTSP user (env CLIPHAZE_RTSP_USER).")

@@ -128,7 +128,8 @@ class CrossCameraBatcher:
         with self._guidance_lock:
             return self.dehazer.encode_guidance(frames)
 
-    def submit(self, camera: str, frames: torch.Tensor, guidance: Guidance | None, scale: float) -> Future[torch.Tensor]:
+    def submit(self, camera: str, frames: torch.Tensor, guidance: Guidance | None,
+               scale: float) -> Future[torch.Tensor]:  # fmt: skip
         """Queue frames for the next batch. The future gives (N, H, W', 3) uint8 or the call's exception."""
         if guidance is not None and guidance.batch_size == 1 and frames.shape[0] > 1:
             guidance = guidance.expand(frames.shape[0])
@@ -175,8 +176,8 @@ class CrossCameraBatcher:
 
     def _run(self, batch: list[_Request]) -> None:
         frames = batch[0].frames if len(batch) == 1 else torch.cat([r.frames for r in batch])
-        guides = [r.guidance for r in batch]
-        guidance = None if guides[0] is None else guides[0] if len(batch) == 1 else Guidance.cat(guides)  # type: ignore[arg-type]
+        guides = [r.guidance for r in batch if r.guidance is not None]  # all or none: guidance layout is in the key
+        guidance = None if not guides else guides[0] if len(guides) == 1 else Guidance.cat(guides)
         scale = batch[0].scale
         if isinstance(self.dehazer, MultiStreamDehazer):
             streams = [r.camera for r in batch for _ in range(r.frames.shape[0])]

@@ -47,12 +47,13 @@ def write_config(path: Path, cameras: dict[str, tuple[str, Path]], extra: str = 
     return path
 
 
-def start_serve(config: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_serve(config: Path, port: int, log: Path, *extra: str, env: dict[str, str] | None = None
+                ) -> subprocess.Popen[bytes]:  # fmt: skip
     """``python -m cli serve CONFIG`` with its log in a file (a full stderr pipe would block it)."""
     with log.open("wb") as handle:  # the child keeps its own descriptor
         return subprocess.Popen([sys.executable, "-m", "cli", "serve", str(config), "--device", "cpu",
                                  "--http-port", str(port), *extra], stdout=subprocess.DEVNULL, stderr=handle,
-                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})  # fmt: skip
 
 
 def get_json(port: int, path: str) -> tuple[int, Any]:
@@ -98,8 +99,8 @@ def stop_serve(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
 
 def frame_pts_s(path: Path) -> list[float]:
     """Presentation times of every decoded video frame, by ffprobe, in decode order."""
-    out = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
-                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    command = [FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0"]
+    out = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120, check=True)
     return [float(line.split(",")[0]) for line in out.stdout.split() if line.strip() and line != "N/A"]
 
 

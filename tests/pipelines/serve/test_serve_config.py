@@ -57,7 +57,8 @@ def test_yaml_and_toml_give_the_same_cameras(tmp_path: Path, suffix: str, text: 
     config = load_config(path, env=ENV, rtsp_user="ignored", rtsp_password="default-pw")
     driveway, gate = config.cameras
     assert driveway == CameraConfig(name="driveway", source="rtsp://admin:default-pw@192.0.2.10/stream1",
-                                    sink=str(tmp_path / "out/driveway.mkv"), model="none", guidance_every=4)  # fmt: skip
+                                    sink=str(tmp_path / "out/driveway.mkv"), model="none",
+                                    guidance_every=4)  # fmt: skip
     assert gate.source == "rtsp://viewer:g%40te%2Fpw@192.0.2.11/main"  # this camera's own secret, quoted
     assert gate.sink == "rtsp://127.0.0.1:8554/gate_dehazed"  # no camera credentials in the output
     assert (gate.model, gate.scale, gate.codec, gate.guidance_every) == ("dcp", 0.5, "libx265", 4)

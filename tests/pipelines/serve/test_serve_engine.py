@@ -27,8 +27,9 @@ FRAMES = 20
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("serve") / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=25", "-frames:v",
-                    str(FRAMES), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)  # fmt: skip
+    lavfi = ["-f", "lavfi", "-i", "testsrc=size=96x64:rate=25", "-frames:v", str(FRAMES)]
+    encode = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *lavfi, *encode, str(path)], check=True, timeout=60)
     return path
 
 

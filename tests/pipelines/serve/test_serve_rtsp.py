@@ -1,7 +1,8 @@
 """``cliphaze serve`` against 4 real GStreamer RTSP cameras: isolation, reconnect, SIGHUP, SIGTERM, ffprobe.
 
 One serve process runs the whole story (starting it costs seconds on 2 cores):
-1. 4 cameras -> 4 Matroska outputs through one shared dcp dehazer.
+1. 4 cameras -> 4 Matroska outputs through one shared dcp dehazer; c2 behind basic auth, its password only in
+   the environment and never in the log, /cameras or /metrics.
 2. Camera c1 is killed for 4 s. c0, c2, c3 lose no frame (no drop, no repeated frame, every PTS step one
    frame) and their latency p95 stays flat; c1 reconnects and its output keeps going (repeated frames fill
    the gap, PTS stay monotonic).
@@ -11,6 +12,7 @@ One serve process runs the whole story (starting it costs seconds on 2 cores):
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from serve_helpers import (
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 
+SECURE_USER, SECURE_PASSWORD = "viewer", "s3cret-pw"  # tests/stream/rtsp_server.py's /secure mount
 KILLED = "c1"
 HEALTHY = ("c0", "c2", "c3")
 OUTAGE_S = 4.0
@@ -48,9 +51,11 @@ def _steps_are_one_frame(pts: list[float]) -> bool:
 def test_four_cameras_isolation_reconnect_reload_and_drain(four_cameras: list[Any], tmp_path: Path) -> None:
     outputs = {f"c{i}": tmp_path / f"c{i}.mkv" for i in range(5)}
     sources = {f"c{i}": four_cameras[i].url for i in range(4)}
+    # c2 reads the server's password-protected mount; the password comes from the environment only
+    sources["c2"] = f"rtsp://{SECURE_USER}@127.0.0.1:{four_cameras[2].port + 1}/secure"
     config = write_config(tmp_path / "cams.yaml", {n: (sources[n], outputs[n]) for n in sources})
     port, log = free_port(), tmp_path / "serve.log"
-    proc = start_serve(config, port, log)
+    proc = start_serve(config, port, log, env={"CLIPHAZE_RTSP_PASSWORD": SECURE_PASSWORD})
     try:
         # 1. all four running, past warm-up
         wait_for(proc, log, lambda: len(cams := cameras(port)) == 4 and
@@ -98,12 +103,14 @@ def test_four_cameras_isolation_reconnect_reload_and_drain(four_cameras: list[An
             assert after[name]["restarts"] == 0 and after[name]["uptime_s"] > uptime[name], after[name]
             assert after[name]["frames_out"] > frames[name]  # same worker, counting on: never restarted
         final = cameras(port)
+        seen = json.dumps(final) + get_text(port, "/metrics") + json.dumps(get_json(port, "/healthz")[1])
+        assert SECURE_PASSWORD not in seen and final["c2"]["source"].startswith(f"rtsp://{SECURE_USER}:***@")
     finally:
         code = stop_serve(proc)
     # 4. SIGTERM drained and finalized every output
     assert code == 0, log.read_text()[-3000:]
     text = log.read_text()
-    assert "Traceback" not in text
+    assert "Traceback" not in text and SECURE_PASSWORD not in text
     for name, path in outputs.items():
         assert path.exists() and not Path(str(path) + ".part").exists(), name
         pts = frame_pts_s(path)

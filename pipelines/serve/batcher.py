@@ -11,6 +11,10 @@ Isolation: nothing waits for a particular camera. A camera that stalls simply ha
 batch; a request that cannot be batched (another size) goes in its own call. An error in a call fails the
 requests of that call only, and the cameras concerned restart on their own.
 
+Streams: on CUDA each camera's engine has its own streams; a request carries an event recorded on the
+camera's stream (the batch waits for it before reading the frames) and the result carries one recorded after
+the batch (the camera's stream waits for it before reading the result). On the CPU both are no-ops.
+
 Per-camera state: guidance is cached per camera by each engine (it is per scene) and travels with the
 request. Dehazers with per-stream state (dcp's airlight EMA) implement ``restore_streams``, which keeps
 one state per camera, so a batched frame gets exactly the pixels it gets when its camera runs alone.
@@ -32,6 +36,7 @@ import torch
 from cliphaze.dehazer import Dehazer
 from cliphaze.guidance_types import Guidance
 from pipelines.config import PipelineConfigError
+from pipelines.cuda_streams import DoneMarker, EventMarker, Marker
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +72,8 @@ class _Request:
     frames: torch.Tensor  # (N, H, W, 3) uint8 on the device
     guidance: Guidance | None  # batch N (expanded from 1 when needed) or None
     scale: float
-    future: Future[torch.Tensor] = field(default_factory=Future)
+    ready: Marker  # the camera's stream reached the frames (and their guidance): the batch may read them
+    future: Future[tuple[torch.Tensor, Marker]] = field(default_factory=Future)  # restored frames, when written
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -129,11 +135,17 @@ class CrossCameraBatcher:
             return self.dehazer.encode_guidance(frames)
 
     def submit(self, camera: str, frames: torch.Tensor, guidance: Guidance | None,
-               scale: float) -> Future[torch.Tensor]:  # fmt: skip
-        """Queue frames for the next batch. The future gives (N, H, W', 3) uint8 or the call's exception."""
+               scale: float) -> Future[tuple[torch.Tensor, Marker]]:  # fmt: skip
+        """Queue frames for the next batch.
+
+        Call on the camera's stream (the engine's compute stream): on CUDA the batch waits for what that
+        stream queued so far. The future gives the restored (N, H, W', 3) uint8 and a marker to ``wait`` for
+        before reading them, or the call's exception.
+        """
         if guidance is not None and guidance.batch_size == 1 and frames.shape[0] > 1:
             guidance = guidance.expand(frames.shape[0])
-        request = _Request(camera, frames, guidance, scale)
+        ready = EventMarker() if frames.device.type == "cuda" else DoneMarker()
+        request = _Request(camera, frames, guidance, scale, ready)
         with self._lock:
             if self._stop:
                 raise RuntimeError(f"batcher {self.name} is closed")
@@ -175,6 +187,11 @@ class CrossCameraBatcher:
             return batch
 
     def _run(self, batch: list[_Request]) -> None:
+        on_cuda = batch[0].frames.device.type == "cuda"
+        for request in batch:
+            request.ready.wait()  # this thread's stream waits for each camera's upload and guidance
+            if on_cuda:  # the cameras' tensors are read on this stream: keep the allocator from recycling them
+                request.frames.record_stream(torch.cuda.current_stream())
         frames = batch[0].frames if len(batch) == 1 else torch.cat([r.frames for r in batch])
         guides = [r.guidance for r in batch if r.guidance is not None]  # all or none: guidance layout is in the key
         guidance = None if not guides else guides[0] if len(guides) == 1 else Guidance.cat(guides)
@@ -184,10 +201,11 @@ class CrossCameraBatcher:
             restored = self.dehazer.restore_streams(frames, streams, scale=scale)
         else:
             restored = self.dehazer.restore(frames, guidance, scale=scale)
+        done = EventMarker() if on_cuda else DoneMarker()
         start = 0
         for request in batch:
             n = request.frames.shape[0]
-            request.future.set_result(restored[start : start + n])
+            request.future.set_result((restored[start : start + n], done))
             start += n
         with self._lock:
             self.counters.calls += 1
@@ -228,4 +246,8 @@ class CameraDehazer:
         return self._batcher.encode_guidance(frames)
 
     def restore(self, frames: torch.Tensor, guidance: Guidance | None, *, scale: float = 1.0) -> torch.Tensor:
-        return self._batcher.submit(self.camera, frames, guidance, scale).result()
+        restored, done = self._batcher.submit(self.camera, frames, guidance, scale).result()
+        done.wait()  # the camera's stream waits for the batch before reading its frames
+        if restored.device.type == "cuda":
+            restored.record_stream(torch.cuda.current_stream())
+        return restored

@@ -44,7 +44,8 @@ class ServeOptions:
 
 
 class ServeEngine:
-    """Cameras and shared dehazers of one process (see module docstring). Thread-safe."""
+    """Cameras and shared dehazers of one process (see module docstring). Thread-safe: ``apply`` and ``stop``
+    take turns; the status readers never wait for them."""
 
     def __init__(self, options: ServeOptions) -> None:
         from pipelines.serve.metrics import ServeMetrics
@@ -60,14 +61,14 @@ class ServeEngine:
 
     # --- status -----------------------------------------------------------------------------------------
 
+    # Readers copy the dicts without the lock (one C-level copy under the GIL): a reload or a drain, which holds
+    # the lock for seconds, must not stall /cameras and /healthz.
+
     def cameras(self) -> list[dict[str, Any]]:
-        with self._lock:
-            workers = list(self._workers.values())
-        return [w.status.snapshot() for w in workers]
+        return [w.status.snapshot() for w in list(self._workers.values())]
 
     def batchers(self) -> list[dict[str, Any]]:
-        with self._lock:
-            items = list(self._batchers.items())
+        items = list(self._batchers.items())
         out = []
         for (model, weights), batcher in items:
             c = batcher.counters
@@ -77,12 +78,10 @@ class ServeEngine:
         return out
 
     def healthy(self) -> bool:
-        with self._lock:
-            return not self._stopping and all(b.is_alive() for b in self._batchers.values())
+        return not self._stopping and all(b.is_alive() for b in list(self._batchers.values()))
 
     def all_finished(self) -> bool:
-        with self._lock:
-            workers = list(self._workers.values())
+        workers = list(self._workers.values())
         return bool(workers) and all(not w.is_alive() for w in workers)
 
     # --- shared dehazers --------------------------------------------------------------------------------

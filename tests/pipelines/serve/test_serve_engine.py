@@ -121,3 +121,19 @@ def test_cli_bad_config_and_missing_ray_are_one_line(clip: Path, tmp_path: Path,
     result = CliRunner().invoke(main, ["serve", str(good), "--ray", "auto"])
     assert result.exit_code == 2 and "pip install 'cliphaze[ray]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_camera_that_is_away_stops_promptly_and_writes_nothing(tmp_path: Path) -> None:
+    """A live camera that never answers (connection refused): it keeps retrying on its own backoff, and a stop
+    request closes it after the grace period instead of waiting for it."""
+    from cliphaze.baselines.none import PassthroughDehazer
+    from pipelines.serve.camera import STOP_GRACE_S
+
+    batcher = CrossCameraBatcher(PassthroughDehazer("cpu"), BatchConfig())
+    camera = CameraWorker(CameraConfig("away", "rtsp://127.0.0.1:9/cam", str(tmp_path / "away.mkv")), batcher).start()
+    assert wait_until(lambda: camera.status.snapshot()["reconnects"] >= 1, 20)
+    assert camera.status.snapshot()["state"] in ("starting", "reconnecting")
+    camera.request_stop()
+    assert camera.join(STOP_GRACE_S + 5) and camera.status.snapshot()["state"] == "stopped"
+    assert not list(tmp_path.iterdir())  # no output was opened for a camera that never delivered
+    batcher.close()

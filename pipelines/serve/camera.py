@@ -249,10 +249,12 @@ class CameraWorker:
             def open_output() -> Any:
                 return open_sink(sink_spec, info, encoder, audio_from=info)
 
-            sink: Any = RepublishingSink(open_output) if sink_spec.kind in PUBLISH_KINDS else open_output()
+            label = f"camera {cam.name}"
+            publish = sink_spec.kind in PUBLISH_KINDS
+            sink: Any = RepublishingSink(open_output, label=label) if publish else open_output()
             republishing = sink if isinstance(sink, RepublishingSink) else None
             if info.is_live and cam.fill_gaps:
-                sink = GapFiller(sink, info, label=f"camera {cam.name}")
+                sink = GapFiller(sink, info, label=label)
             filler = sink if isinstance(sink, GapFiller) else None
             stack.callback(sink.close)  # flush + trailer + rename, also after an error
             self.status.sink_stats = lambda: {

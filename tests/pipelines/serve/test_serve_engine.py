@@ -15,6 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from cliphaze.baselines.dcp import DarkChannelDehazer
+from cliphaze.baselines.none import PassthroughDehazer
 from pipelines.serve.batcher import BatchConfig, CrossCameraBatcher
 from pipelines.serve.camera import CameraWorker
 from pipelines.serve.config import CameraConfig, ServeConfig
@@ -92,8 +94,7 @@ def test_http_endpoint_reports_each_camera(clip: Path, tmp_path: Path) -> None:
 
 
 def test_a_camera_whose_output_fails_restarts_alone(clip: Path, tmp_path: Path) -> None:
-    batcher = CrossCameraBatcher(__import__("cliphaze.baselines.none", fromlist=["x"]).PassthroughDehazer("cpu"),
-                                 BatchConfig())  # fmt: skip
+    batcher = CrossCameraBatcher(PassthroughDehazer("cpu"), BatchConfig())
     quick = ReconnectPolicy(initial_s=0.2, cap_s=0.5, jitter=0.0)
     missing = tmp_path / "not_yet"
     broken = CameraWorker(CameraConfig("broken", str(clip), str(missing / "out.mkv")), batcher, restart=quick).start()
@@ -126,7 +127,6 @@ def test_cli_bad_config_and_missing_ray_are_one_line(clip: Path, tmp_path: Path,
 def test_a_camera_that_is_away_stops_promptly_and_writes_nothing(tmp_path: Path) -> None:
     """A live camera that never answers (connection refused): it keeps retrying on its own backoff, and a stop
     request closes it after the grace period instead of waiting for it."""
-    from cliphaze.baselines.none import PassthroughDehazer
     from pipelines.serve.camera import STOP_GRACE_S
 
     batcher = CrossCameraBatcher(PassthroughDehazer("cpu"), BatchConfig())
@@ -137,3 +137,38 @@ def test_a_camera_that_is_away_stops_promptly_and_writes_nothing(tmp_path: Path)
     assert camera.join(STOP_GRACE_S + 5) and camera.status.snapshot()["state"] == "stopped"
     assert not list(tmp_path.iterdir())  # no output was opened for a camera that never delivered
     batcher.close()
+
+
+def test_a_camera_publishes_its_output_over_rtsp(clip: Path, tmp_path: Path) -> None:
+    """The Frigate/go2rtc set-up: serve publishes each camera into an RTSP server (here PyAV's listener)."""
+    import av
+
+    from pipelines.serve.camera import RESTART_POLICY
+
+    url = f"rtsp://127.0.0.1:{_free_port()}/driveway_dehazed"
+    received: list[int | None] = []
+
+    def listen() -> None:
+        with av.open(url, options={"rtsp_flags": "listen", "listen_timeout": "30"}) as container:
+            received.extend(frame.pts for frame in container.decode(video=0))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    batcher = CrossCameraBatcher(DarkChannelDehazer("cpu"), BatchConfig())
+    quick = ReconnectPolicy(initial_s=0.2, cap_s=0.5, jitter=0.0)  # the listener may bind after our first try
+    assert quick.initial_s < RESTART_POLICY.initial_s
+    camera = CameraWorker(CameraConfig("driveway", str(clip), url), batcher, restart=quick).start()
+    assert camera.join(60) and camera.status.snapshot()["state"] == "finished"
+    listener.join(30)
+    batcher.close()
+    assert len(received) == FRAMES
+    stamped = [p for p in received if p is not None]
+    assert all(b > a for a, b in zip(stamped, stamped[1:]))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

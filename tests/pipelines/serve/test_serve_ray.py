@@ -1,5 +1,5 @@
 """``cliphaze serve --ray``: placement and spreading (fast), and a local Ray cluster running the 4-camera
-config on 2 actors, one of which is killed (its cameras come back)."""
+config on 2 actors, one of which is killed (its cameras come back), then SIGHUP removes a camera."""
 
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def test_local_ray_cluster_two_actors_one_killed_cameras_come_back(four_cameras:
                 assert camera["pid"] == before[name]["pid"] and camera["frames_out"] > before[name]["frames_out"]
         metrics = get_text(port, "/metrics")  # the head's view of the whole cluster
         assert all(f'cliphaze_camera_frames_out_total{{camera="{n}"}}' in metrics for n in outputs)
+        # SIGHUP on the head: c3 removed; its actor stops it, every other camera goes on in its process
+        write_config(config, {n: (four_cameras[i].url, outputs[n]) for i, n in enumerate(outputs) if n != "c3"})
+        proc.send_signal(signal.SIGHUP)
+        wait_for(proc, log, lambda: "c3" not in cameras(port), "c3 removed on the cluster", 60)
+        assert outputs["c3"].exists() and not Path(str(outputs["c3"]) + ".part").exists()  # finalized
+        assert all(c["pid"] == after[n]["pid"] for n, c in cameras(port).items())
     finally:
         code = stop_serve(proc, 120)
     assert code == 0, log.read_text()[-3000:]

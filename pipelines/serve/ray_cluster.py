@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -35,13 +36,31 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'cliphaze[ray]'"
 POLL_S = 1.0  # how often the head asks every actor for its status
-CALL_TIMEOUT_S = 10.0  # a status call slower than this counts the actor as away
+CALL_TIMEOUT_S = 10.0
+JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once  # a status call slower than this counts the actor as away
 STOP_TIMEOUT_S = 60.0  # longest wait for the actors to drain and finalize on shutdown
 MODEL_WEIGHT = {"none": 0.2, "dcp": 1.0, "cliphaze": 4.0}  # relative cost of one camera, for spreading
 
 
 class RayUnavailable(ServeConfigError):
     """``--ray`` without Ray installed, or a cluster that cannot be reached (one line, exit code 2)."""
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast on an address nothing listens at (``ray.init`` would retry it for minutes).
+
+    Raises:
+        RayUnavailable: malformed address, or no TCP answer within ``JOIN_TIMEOUT_S``.
+    """
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray wants auto, local or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
 
 
 def import_ray() -> Any:
@@ -134,6 +153,7 @@ class RayServe:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray = ray
+        check_reachable(address)
         # ray.init installs its own SIGTERM/SIGINT handlers in this process (they abort it); ours drain first
         ours = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

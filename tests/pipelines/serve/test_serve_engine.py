@@ -118,6 +118,8 @@ def test_cli_bad_config_and_missing_ray_are_one_line(clip: Path, tmp_path: Path,
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     good = tmp_path / "good.yaml"
     good.write_text(f"cameras:\n  - {{name: a, source: {clip}, sink: a.mkv}}\n")
+    result = CliRunner().invoke(main, ["serve", str(good), "--ray", f"127.0.0.1:{_free_port()}"])
+    assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output  # at once, not after minutes
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
     result = CliRunner().invoke(main, ["serve", str(good), "--ray", "auto"])
     assert result.exit_code == 2 and "pip install 'cliphaze[ray]'" in result.output

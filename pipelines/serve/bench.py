@@ -46,6 +46,7 @@ class ServeBenchConfig:
     scale: float = 1.0  # network resolution factor
     max_cameras: int = 16  # stop searching here
     codec: str = "libx264"  # output encoder, as a camera's default
+    preset: str = "veryfast"  # encoder preset, as a camera's default (ultrafast: less CPU, more bits)
     batch: BatchConfig = BatchConfig()  # cross-camera batching
 
     def __post_init__(self) -> None:
@@ -84,14 +85,16 @@ def run_cameras(engine_options: ServeOptions, bench: ServeBenchConfig, clip: Pat
                 cameras: int) -> dict[str, Any]:  # fmt: skip
     """Serve ``cameras`` copies of ``clip`` to the end; per-camera rate and latency."""
     configs = tuple(CameraConfig(name=f"cam{i}", source=str(clip), sink=str(folder / f"cam{i}_{cameras}.mkv"),
-                                 model=bench.model, weights=bench.weights, scale=bench.scale, codec=bench.codec)
+                                 model=bench.model, weights=bench.weights, scale=bench.scale, codec=bench.codec,
+                                 preset=bench.preset)
                     for i in range(cameras))  # fmt: skip
     engine = ServeEngine(engine_options)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         engine.apply(ServeConfig(configs))
         done = wait_until(engine.all_finished, RUN_TIMEOUT_S, poll_s=0.05)
         wall_s = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
         status = engine.cameras()
         batchers = engine.batchers()
     finally:
@@ -108,6 +111,8 @@ def run_cameras(engine_options: ServeOptions, bench: ServeBenchConfig, clip: Pat
         "per_camera_fps": round(per_camera, 1),
         "latency_ms_p95": max((c["latency_ms_p95"] for c in status), default=0.0),
         "mean_batch": round(sum(b["frames"] for b in batchers) / calls, 2) if calls else 0.0,
+        # CPU seconds of this process (every thread) per frame: far less sensitive to other processes than wall time
+        "cpu_ms_per_frame": round(cpu_s * 1000.0 / max(1, sum(frames)), 2),
         "real_time": done and not failed and per_camera >= bench.fps,
     }
 
@@ -125,16 +130,21 @@ def run_serve_benchmark(bench: ServeBenchConfig, options: ServeOptions,
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         report(f"{os.cpu_count()} CPU cores, load average {load:.1f} before the runs (other processes slow it down)")
         report(f"{bench.model} at {bench.width}x{bench.height} {bench.fps} fps, scale {bench.scale:g}, "
-               f"{frames} frames per camera, max batch {bench.batch.max_batch}")  # fmt: skip
+               f"{frames} frames per camera, max batch {bench.batch.max_batch}, {bench.codec} {bench.preset}")  # fmt: skip
         for cameras in range(1, bench.max_cameras + 1):
             row = run_cameras(options, bench, clip, folder, cameras)
             rows.append(row)
             report(f"{cameras:3d} camera(s): {row['per_camera_fps']:7.1f} fps each, {row['aggregate_fps']:7.1f} "
-                   f"in all, latency p95 {row['latency_ms_p95']:6.0f} ms, mean batch {row['mean_batch']:.2f}"
-                   f"{'' if row['real_time'] else '  < real time'}")  # fmt: skip
+                   f"in all, latency p95 {row['latency_ms_p95']:6.0f} ms, mean batch {row['mean_batch']:.2f}, "
+                   f"CPU {row['cpu_ms_per_frame']:.1f} ms/frame{'' if row['real_time'] else '  < real time'}")  # fmt: skip
             if not row["real_time"]:
                 break
     kept = max((r["cameras"] for r in rows if r["real_time"]), default=0)
     report(f"real time: {kept} camera(s) of {bench.width}x{bench.height} at {bench.fps} fps ({bench.model})")
+    cheapest = min((r["cpu_ms_per_frame"] for r in rows if r["cpu_ms_per_frame"] > 0), default=0.0)
+    idle_estimate = int((os.cpu_count() or 1) * 1000.0 / (cheapest * bench.fps)) if cheapest else 0
+    if cheapest:
+        report(f"CPU-time bound: {cheapest:.1f} ms of CPU per frame -> at most {idle_estimate} camera(s) on "
+               f"{os.cpu_count()} idle cores (an upper bound: it assumes every core is ours)")  # fmt: skip
     return {"config": {k: str(v) for k, v in asdict(bench).items()}, "rows": rows, "cameras_real_time": kept,
-            "load_average": load, "cpu_count": os.cpu_count()}
+            "load_average": load, "cpu_count": os.cpu_count(), "cpu_bound_cameras": idle_estimate}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ import torch
 from cliphaze.baselines.dcp import DarkChannelDehazer
 from cliphaze.guidance_types import Guidance
 from pipelines.config import PipelineConfigError
+from pipelines.dehazers import DehazerChoice, create_dehazer
 from pipelines.serve.batcher import BatchConfig, CrossCameraBatcher
 
 CAMERAS = 4
@@ -167,3 +171,35 @@ def test_batched_cameras_on_their_own_cuda_streams_get_the_pixels_of_each_camera
         for t in range(FRAMES):
             diff = (served[name][t].int() - alone[name][t].int()).abs().max().item()
             assert diff <= 1, (name, t, diff)  # CUDA kernels may round differently by batch size
+
+
+@pytest.mark.slow
+def test_cliphaze_cameras_batch_with_their_own_guidance(tmp_path: Path) -> None:
+    """CLIPHaze (tiny, random weights): each camera's cached guidance travels with its frames into the shared
+    batch, and each gets what its camera alone gets (to rounding: conv kernels may differ by batch size)."""
+    fakes = _load_pipeline_fakes()
+    dehazer = create_dehazer(DehazerChoice("cliphaze", fakes.make_tiny_bundle(tmp_path), "tiny"), torch.device("cpu"))
+    frames = {name: _clip(i, 1, (32, 48)) for i, name in enumerate(("a", "b", "c"))}
+    guidance = {name: dehazer.encode_guidance(f) for name, f in frames.items()}
+    assert all(g.tokens is not None and g.density is not None for g in guidance.values())
+    alone = {name: dehazer.restore(frames[name], guidance[name]) for name in frames}
+    batcher = CrossCameraBatcher(dehazer, BatchConfig(max_batch=3, max_wait_ms=2000))
+    views = {name: batcher.attach(name) for name in frames}
+    futures = {name: batcher.submit(name, frames[name], guidance[name], 1.0) for name in frames}
+    served = {name: futures[name].result(60)[0] for name in frames}
+    batcher.close()
+    assert batcher.counters.largest == 3 and views
+    for name in frames:
+        diff = (served[name].int() - alone[name].int()).abs().max().item()
+        assert diff <= 1, (name, diff)
+    assert not torch.equal(served["a"], served["b"])  # not one camera's guidance for all
+
+
+def _load_pipeline_fakes() -> Any:
+    """tests/pipelines/pipeline_fakes.py (its tiny-bundle builder), loaded by path."""
+    path = Path(__file__).resolve().parents[1] / "pipeline_fakes.py"
+    spec = importlib.util.spec_from_file_location("serve_pipeline_fakes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -174,3 +174,23 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_a_reload_with_a_broken_file_keeps_the_running_cameras(clip: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    from pipelines.serve.config import load_config
+    from pipelines.serve.engine import reload_config
+
+    config = tmp_path / "cams.yaml"
+    config.write_text(f"cameras:\n  - {{name: a, source: {clip}, sink: a.mkv}}\n")
+    engine = ServeEngine(ServeOptions(device="cpu", http_port=None))
+    try:
+        engine.apply(load_config(config))
+        config.write_text("cameras:\n  - {name: a, source: [broken\n")
+        reload_config(engine, config, load_config)
+        assert [c["name"] for c in engine.cameras()] == ["a"]
+        assert any("reload:" in r.message and "keeping the running cameras" in r.message for r in caplog.records)
+        assert wait_until(engine.all_finished, 60)
+    finally:
+        engine.stop()
+    assert _frames(tmp_path / "a.mkv") == FRAMES

@@ -223,7 +223,8 @@ class RayServe:
         for actor in actors:
             status = actor.status
             seen = {c["name"]: c for c in status["cameras"]} if status else {}
-            for name in sorted(actor.cameras):
+            # assigned cameras, and those the actor still runs (a removed camera is listed until it has drained)
+            for name in sorted(set(actor.cameras) | set(seen)):
                 entry = seen.get(name) or {"name": name, "state": "moving", "frames_out": 0, "drops": 0,
                                            "reconnects": 0, "restarts": 0}  # fmt: skip
                 out.append({**entry, "actor": actor.index, "pid": status["pid"] if status else None,

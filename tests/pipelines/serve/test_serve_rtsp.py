@@ -40,7 +40,10 @@ KILLED = "c1"
 HEALTHY = ("c0", "c2", "c3")
 OUTAGE_S = 4.0
 WARM_FRAMES = 260  # past the engine warm-up: the latency window (250 frames) then holds steady-state frames only
-P95_FLAT_FACTOR, P95_FLAT_SLACK_MS = 2.0, 100.0  # "flat": at most twice the baseline or +100 ms
+# "Flat": at most 3x the baseline or +500 ms. A camera waiting on the dead one would show seconds (the read
+# timeout, the backoff); what stays below this is the noise of a 2-core machine shared with other jobs (a
+# baseline p95 of 20 ms on a quiet box, 180 ms at a load average of 10).
+P95_FLAT_FACTOR, P95_FLAT_SLACK_MS = 3.0, 500.0
 
 
 def _steps_are_one_frame(pts: list[float]) -> bool:

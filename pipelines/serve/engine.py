@@ -22,6 +22,7 @@ from pipelines.serve.batcher import BatchConfig, CrossCameraBatcher
 from pipelines.serve.camera import CameraWorker
 from pipelines.serve.config import CameraConfig, ServeConfig, ServeConfigError, load_config
 from pipelines.stats import FrameDone
+from stream.uri import redact
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +167,12 @@ def reload_config(engine: ServeEngine, path: Path, load: Any) -> None:
     """SIGHUP: read the file again and apply it; a bad file keeps the running cameras (one error line)."""
     try:
         config = load(path)
-    except ServeConfigError as exc:
-        logger.error("reload: %s; keeping the running cameras", exc)
+        changes = engine.apply(config)  # builds any new shared dehazer before it stops or starts a camera
+    except Exception as exc:  # reload boundary: a bad file or a model that cannot load must not end the server
+        logger.error("reload: %s; keeping the running cameras", redact(str(exc).strip().splitlines()[0] if
+                     str(exc).strip() else type(exc).__name__))  # fmt: skip
+        logger.debug("reload failure", exc_info=True)
         return
-    changes = engine.apply(config)
     logger.warning("reload: %d added, %d removed, %d changed, %d unchanged",
                    *(len(changes[k]) for k in ("added", "removed", "changed", "unchanged")))  # fmt: skip
 

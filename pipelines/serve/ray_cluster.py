@@ -46,6 +46,13 @@ class RayUnavailable(ServeConfigError):
     """``--ray`` without Ray installed, or a cluster that cannot be reached (one line, exit code 2)."""
 
 
+def _one_line(error: BaseException) -> str:
+    from stream.uri import redact
+
+    text = str(error).strip()
+    return redact(text.splitlines()[0]) if text else type(error).__name__
+
+
 def check_reachable(address: str) -> None:
     """Fail fast on an address nothing listens at (``ray.init`` would retry it for minutes).
 
@@ -212,6 +219,9 @@ class RayServe:
                 except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                     actor.status = None
                     continue
+                except ray.exceptions.RayTaskError as exc:  # e.g. a model that cannot load there: keep what runs
+                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                    logger.error("Ray actor %d could not take its cameras: %s", actor.index, _one_line(cause))
                 actor.incarnation = status["incarnation"]
                 status = ray.get(actor.handle.status.remote(), timeout=CALL_TIMEOUT_S)
             actor.status = status
@@ -287,8 +297,8 @@ def serve_on_ray(path: Path, options: ServeOptions, stop: threading.Event, reloa
                 try:
                     head.apply(load(path))
                     logger.warning("reload: cameras re-spread over %d actor(s)", len(head.actors))
-                except ServeConfigError as exc:
-                    logger.error("reload: %s; keeping the running cameras", exc)
+                except Exception as exc:  # reload boundary: a bad file must not end the server
+                    logger.error("reload: %s; keeping the running cameras", _one_line(exc))
             if time.monotonic() - last_poll >= POLL_S:
                 head.poll()
                 last_poll = time.monotonic()

@@ -148,7 +148,8 @@ def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, ma
               help="torch CPU threads (0 = half the cores, as serve).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the rows.")
 def bench_serve(model: str, weights: Path | None, resolution: str, fps: int, seconds: float, scale: float,
-                max_cameras: int, preset: str, max_batch: int, max_wait_ms: float, device: str, precision: str, threads: int,
+                max_cameras: int, preset: str, max_batch: int, max_wait_ms: float, device: str, precision: str,
+                threads: int,
                 json_path: Path | None) -> None:  # fmt: skip
     """How many cameras one `cliphaze serve` process keeps in real time (N cameras, N = 1, 2, ...)."""
     import logging

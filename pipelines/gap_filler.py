@@ -156,8 +156,8 @@ class GapFiller:
             if not self._filling:
                 self._filling = True
                 self.gaps += 1
-                logger.warning("%sno frames for %.1f s: repeating the last frame until the source returns", self._prefix,
-                               silent_s)  # fmt: skip
+                logger.warning("%sno frames for %.1f s: repeating the last frame until the source returns",
+                               self._prefix, silent_s)  # fmt: skip
             due = int((now - self._emitted_s) / self._period_s)
             step = self._step(last)
             for _ in range(due):

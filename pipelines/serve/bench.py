@@ -129,14 +129,15 @@ def run_serve_benchmark(bench: ServeBenchConfig, options: ServeOptions,
         run_cameras(options, bench, warm, folder, 1)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         report(f"{os.cpu_count()} CPU cores, load average {load:.1f} before the runs (other processes slow it down)")
-        report(f"{bench.model} at {bench.width}x{bench.height} {bench.fps} fps, scale {bench.scale:g}, "
-               f"{frames} frames per camera, max batch {bench.batch.max_batch}, {bench.codec} {bench.preset}")  # fmt: skip
+        report(f"{bench.model} at {bench.width}x{bench.height} {bench.fps} fps, scale {bench.scale:g}, {frames} "
+               f"frames per camera, max batch {bench.batch.max_batch}, {bench.codec} {bench.preset}")
         for cameras in range(1, bench.max_cameras + 1):
             row = run_cameras(options, bench, clip, folder, cameras)
             rows.append(row)
             report(f"{cameras:3d} camera(s): {row['per_camera_fps']:7.1f} fps each, {row['aggregate_fps']:7.1f} "
                    f"in all, latency p95 {row['latency_ms_p95']:6.0f} ms, mean batch {row['mean_batch']:.2f}, "
-                   f"CPU {row['cpu_ms_per_frame']:.1f} ms/frame{'' if row['real_time'] else '  < real time'}")  # fmt: skip
+                   f"CPU {row['cpu_ms_per_frame']:.1f} ms/frame"
+                   f"{'' if row['real_time'] else '  < real time'}")  # fmt: skip
             if not row["real_time"]:
                 break
     kept = max((r["cameras"] for r in rows if r["real_time"]), default=0)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipelines.serve.batcher import BatchConfig, CrossCameraBatcher
 from pipelines.serve.camera import CameraWorker
-from pipelines.serve.config import CameraConfig, ServeConfig, ServeConfigError, load_config
+from pipelines.serve.config import CameraConfig, ServeConfig, load_config
 from pipelines.stats import FrameDone
 from stream.uri import redact
 

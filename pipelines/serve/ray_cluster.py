@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'cliphaze[ray]'"
 POLL_S = 1.0  # how often the head asks every actor for its status
-CALL_TIMEOUT_S = 10.0
-JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once  # a status call slower than this counts the actor as away
+CALL_TIMEOUT_S = 10.0  # a status call slower than this counts the actor as away
+JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once
 STOP_TIMEOUT_S = 60.0  # longest wait for the actors to drain and finalize on shutdown
 MODEL_WEIGHT = {"none": 0.2, "dcp": 1.0, "cliphaze": 4.0}  # relative cost of one camera, for spreading
 

@@ -192,7 +192,8 @@ def test_a_reload_with_a_broken_file_keeps_the_running_cameras(clip: Path, tmp_p
         assert any("reload:" in r.message and "keeping the running cameras" in r.message for r in caplog.records)
         (tmp_path / "bogus.safetensors").write_bytes(b"not a bundle")  # parses, but the model cannot load
         config.write_text(f"cameras:\n  - {{name: a, source: {clip}, sink: a.mkv}}\n"
-                          f"  - {{name: b, source: {clip}, sink: b.mkv, model: cliphaze, weights: bogus.safetensors}}\n")
+                          f"  - {{name: b, source: {clip}, sink: b.mkv, model: cliphaze, "
+                          f"weights: bogus.safetensors}}\n")
         caplog.clear()
         reload_config(engine, config, load_config)
         assert [c["name"] for c in engine.cameras()] == ["a"]

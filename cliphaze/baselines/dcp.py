@@ -150,7 +150,7 @@ class DarkChannelDehazer:
         return False
 
     def reset(self) -> None:
-        """Forget the smoothed airlight of every stream (call on a new stream or a scene cut)."""
+        """Forget the smoothed airlight (call on a new stream or a scene cut)."""
         self._airlight = None
         self._stream_airlight.clear()
 

@@ -105,6 +105,8 @@ class CrossCameraBatcher:
         self._pending: deque[_Request] = deque()
         self._cameras: set[str] = set()
         self._guidance_lock = threading.Lock()  # encode_guidance calls of different cameras take turns
+        self._restore_lock = threading.Lock()  # a warm-up and a batch never run at once
+        self._warmed: set[tuple[int, int, float]] = set()  # (height, width, scale) already warmed up
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.name}", daemon=True)
         self._thread.start()
@@ -152,6 +154,22 @@ class CrossCameraBatcher:
             self._pending.append(request)
             self._lock.notify_all()
         return request.future
+
+    def warm_up(self, height: int, width: int, scale: float) -> bool:
+        """Warm the shared dehazer up for every batch size a batch of this frame size can have (1 to
+        ``max_batch``: how many cameras' frames meet varies), once per size. Dehazers without ``warm_up``
+        (dcp, none, or a CLIPHaze build without CUDA graphs) have nothing to do. True when something was done.
+        """
+        warm = getattr(self.dehazer, "warm_up", None)
+        key = (height, width, scale)
+        if warm is None or key in self._warmed:
+            return False
+        with self._restore_lock:
+            if key in self._warmed:
+                return False
+            did = [bool(warm(n, height, width, scale=scale)) for n in range(1, self.config.max_batch + 1)]
+            self._warmed.add(key)
+        return any(did)
 
     def close(self) -> None:
         """Stop after the requests already queued are served."""
@@ -218,7 +236,8 @@ class CrossCameraBatcher:
             if batch is None:
                 return
             try:
-                self._run(batch)
+                with self._restore_lock:
+                    self._run(batch)
             except Exception as exc:  # worker-thread boundary: the cameras of this call get the error
                 with self._lock:
                     self.counters.failures += 1
@@ -244,6 +263,11 @@ class CameraDehazer:
 
     def encode_guidance(self, frames: torch.Tensor) -> Guidance:
         return self._batcher.encode_guidance(frames)
+
+    def warm_up(self, batch: int, height: int, width: int, *, scale: float = 1.0) -> bool:
+        """The engine's warm-up (CUDA graphs for the frame size): the shared batcher warms every batch size it
+        may run, whatever this camera's own ``batch``."""
+        return self._batcher.warm_up(height, width, scale)
 
     def restore(self, frames: torch.Tensor, guidance: Guidance | None, *, scale: float = 1.0) -> torch.Tensor:
         restored, done = self._batcher.submit(self.camera, frames, guidance, scale).result()

@@ -203,3 +203,24 @@ def _load_pipeline_fakes() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_warm_up_covers_every_batch_size_once_per_frame_size() -> None:
+    class Warm(_Slow):
+        def __init__(self) -> None:
+            super().__init__()
+            self.warmed: list[tuple[int, int, int, float]] = []
+
+        def warm_up(self, batch: int, height: int, width: int, *, scale: float = 1.0) -> bool:
+            self.warmed.append((batch, height, width, scale))
+            return True
+
+    dehazer = Warm()
+    batcher = CrossCameraBatcher(dehazer, BatchConfig(max_batch=3))
+    a, b = batcher.attach("a"), batcher.attach("b")
+    assert a.warm_up(1, 72, 96, scale=0.5) and not b.warm_up(1, 72, 96, scale=0.5)  # the second camera: done
+    assert dehazer.warmed == [(1, 72, 96, 0.5), (2, 72, 96, 0.5), (3, 72, 96, 0.5)]
+    plain = CrossCameraBatcher(_Slow(), BatchConfig())
+    assert not plain.warm_up(72, 96, 1.0)  # nothing to warm up
+    plain.close()
+    batcher.close()

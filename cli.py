@@ -46,6 +46,7 @@ DEMO_CPU_SCALE = 0.5
 RTSP_SCHEMES = ("rtsp", "rtsps")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 JOB_LOGGER = "pipelines.job"  # its lines are user-facing notes too
+SERVE_LOGGERS = ("pipelines.serve.engine", "pipelines.serve.camera")  # camera starts, stops, restarts: notes too
 # Lazily registered commands from other packages: name -> (module, attribute).
 # Commands defined in other packages, imported only when invoked: CLI name -> module. The module's
 # click command whose ``name`` is the CLI name is used (so its Python attribute name does not matter).
@@ -155,7 +156,7 @@ def _configure_logging(verbosity: int) -> None:
     root.setLevel(level)
     # The user-facing notes of this command and of the job it runs are INFO-level, shown at normal verbosity.
     notes_level = level if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.ERROR
-    for name in (logger.name, JOB_LOGGER):
+    for name in (logger.name, JOB_LOGGER, *SERVE_LOGGERS):
         logging.getLogger(name).setLevel(notes_level)
 
 
@@ -403,6 +404,76 @@ def _encoder_config(codec: str, crf: int, preset: str, gop_s: float) -> Any:
         return EncoderConfig(codec=codec, crf=crf, preset=preset, gop_s=gop_s)
     except ValueError as error:
         raise BadInput(str(error)) from error
+
+
+# --- serve ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _reload_signal(reload: threading.Event) -> Iterator[None]:
+    """SIGHUP sets ``reload`` (serve reads its configuration again)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--max-batch", type=click.IntRange(1, None), default=8, show_default=True,
+              help="Most frames (of all cameras) per network call.")
+@click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
+              help="Longest wait for other cameras' frames before a partial batch runs.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--scan-backend", default="auto", show_default=True, help="Selective-scan backend.")
+@click.option("--threads", type=click.IntRange(0, None), default=0, show_default=True,
+              help="CPU threads for the dehazers; 0 = half the cores.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=9110, show_default=True,
+              help="/healthz, /cameras (JSON) and /metrics (Prometheus).")
+@click.option("--http-addr", default="127.0.0.1", show_default=True, help="Bind address of the status endpoint.")
+@click.option("--ray", "ray_address",
+              help="Serve on a Ray cluster: its address, auto, or local (pip install 'cliphaze[ray]').")
+@click.option("--ray-actors", type=click.IntRange(1, None),
+              help="Serving actors on the cluster [default: one per GPU, else one per node].")
+@click.option("--rtsp-user", envvar="CLIPHAZE_RTSP_USER", help="Default RTSP user (env CLIPHAZE_RTSP_USER).")
+@click.option("--rtsp-password", envvar="CLIPHAZE_RTSP_PASSWORD",
+              help="Default RTSP password (env CLIPHAZE_RTSP_PASSWORD).")
+@_verbosity_options
+@click.pass_obj
+def serve(app: AppContext, config: Path, max_batch: int, max_wait_ms: float, device: str, precision: str,
+          scan_backend: str, threads: int, http_port: int, http_addr: str, ray_address: str | None,
+          ray_actors: int | None, rtsp_user: str | None, rtsp_password: str | None) -> None:  # fmt: skip
+    """Dehaze many cameras listed in CONFIG (YAML or TOML) with one shared model per device.
+
+    SIGTERM/SIGINT drain and finalize every output; SIGHUP reloads CONFIG (added, removed and changed cameras
+    start and stop, the others go on).
+    """
+    stop, reload = threading.Event(), threading.Event()
+    _handle_signals(stop)
+    click.get_current_context().with_resource(_reload_signal(reload))
+    from pipelines.serve.batcher import BatchConfig
+    from pipelines.serve.engine import ServeOptions
+
+    options = ServeOptions(batch=BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms), device=device,
+                           precision=precision, scan_backend=scan_backend, threads=threads, http_port=http_port,
+                           http_addr=http_addr)  # fmt: skip
+    if ray_address is not None:
+        from pipelines.serve.ray_cluster import serve_on_ray
+
+        final = serve_on_ray(config, options, stop, reload, address=ray_address, actors=ray_actors,
+                             rtsp_user=rtsp_user, rtsp_password=rtsp_password)  # fmt: skip
+    else:
+        from pipelines.serve.engine import serve as serve_here
+
+        final = serve_here(config, options, stop, reload, rtsp_user=rtsp_user, rtsp_password=rtsp_password)
+    for camera in final:
+        logger.info("camera %s: %s, %d frames out, %d dropped, %d reconnects, %d restarts", camera["name"],
+                    camera["state"], camera["frames_out"], camera["drops"], camera["reconnects"], camera["restarts"])
 
 
 # --- demo -------------------------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ class Sink(Protocol):
 class GapFiller:
     """Sink wrapper that repeats the last frame while no new one arrives (thread-safe)."""
 
-    def __init__(self, sink: Sink, info: VideoInfo, config: GapFillConfig | None = None) -> None:
+    def __init__(self, sink: Sink, info: VideoInfo, config: GapFillConfig | None = None, *, label: str = "") -> None:
         self.inner = sink
+        self._prefix = f"{label}: " if label else ""  # e.g. the camera's name, in front of log lines
         self.config = config or GapFillConfig()
         fps = self.config.fps or info.fps or DEFAULT_FILL_FPS
         self._period_s = float(1 / fps)
@@ -118,7 +119,7 @@ class GapFiller:
             self.inner.write(frame)
             now = time.monotonic()
             if self._filling:
-                logger.info("source back: %d frames repeated so far", self.repeated)
+                logger.info("%ssource back: %d frames repeated so far", self._prefix, self.repeated)
                 self._filling = False
             self._last, self._last_real_s, self._emitted_s = frame, now, now
 
@@ -155,7 +156,8 @@ class GapFiller:
             if not self._filling:
                 self._filling = True
                 self.gaps += 1
-                logger.warning("no frames for %.1f s: repeating the last frame until the source returns", silent_s)
+                logger.warning("%sno frames for %.1f s: repeating the last frame until the source returns",
+                               self._prefix, silent_s)  # fmt: skip
             due = int((now - self._emitted_s) / self._period_s)
             step = self._step(last)
             for _ in range(due):

@@ -23,7 +23,7 @@ import torch
 
 from cliphaze import model as model_module
 from cliphaze.evaluate import read_rgb_image
-from cliphaze.inference import load_dehazer
+from cliphaze.inference import ClipHazeDehazer
 from cliphaze.metrics import psnr
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "cliphaze" / "weights" / "cliphaze-t.safetensors"
@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pairs = _held_out_pairs(args.work)
     pairs = pairs[: args.limit] if args.limit else pairs
-    dehazers = {p: load_dehazer(args.bundle, precision=p) for p in ("fp32", "bf16")}
+    dehazers = {p: ClipHazeDehazer.from_bundle(args.bundle, precision=p) for p in ("fp32", "bf16")}
     configs = ["fp32", "bf16"] + (["bf16 head"] if args.with_bf16_head else [])
     rows: dict[str, list[tuple[float, float, int, float]]] = {c: [] for c in configs}
     for hazy_path in pairs:

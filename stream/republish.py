@@ -39,6 +39,7 @@ class RepublishingSink:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        label: str = "",
     ) -> None:
         """Open the first output at once.
 
@@ -47,6 +48,7 @@ class RepublishingSink:
             policy: Backoff between reopen attempts; ``max_attempts`` failed reopens in a row give up.
             rng: Jitter source (tests pass a seeded one).
             clock: Monotonic seconds (tests pass a fake).
+            label: put in front of log lines (e.g. the camera's name).
 
         Raises:
             SinkOpenError: The first open failed.
@@ -57,6 +59,7 @@ class RepublishingSink:
         self._clock = clock
         self._sink: Any = open_sink()
         self.display = str(getattr(getattr(self._sink, "spec", None), "display", "output"))
+        self._prefix = f"{label}: " if label else ""
         self._attempt = 0
         self._next_try_s = 0.0
         self._down_reason = ""
@@ -83,7 +86,7 @@ class RepublishingSink:
     def _lost(self, error: StreamError) -> None:
         self.failures += 1
         self._down_reason = str(error)
-        logger.warning("%s; republishing with backoff", error)
+        logger.warning("%s%s; republishing with backoff", self._prefix, error)
         broken, self._sink = self._sink, None
         with contextlib.suppress(StreamError, OSError):
             broken.close()
@@ -102,7 +105,8 @@ class RepublishingSink:
             return False
         self.republished += 1
         self._attempt = 0
-        logger.warning("%s: publishing again (%d frames were dropped meanwhile)", self.display, self.dropped)
+        logger.warning("%s%s: publishing again (%d frames were dropped meanwhile)", self._prefix, self.display,
+                       self.dropped)  # fmt: skip
         return True
 
     def write(self, frame: Frame) -> None:

@@ -136,6 +136,8 @@ class FrameSource:
         self._rebaser: PtsRebaser | None = None
         self._size: tuple[int, int] | None = self.options.output_size
         self._pending_audio: tuple[Any, ...] = ()
+        # log lines name the stream by its redacted URL, and by its source_id (a camera name) when it has one
+        self._label = f"{spec.display} [{self.options.source_id}]" if self.options.source_id else spec.display
         self._supervisor = threading.Thread(target=self._supervise, name=f"source-{spec.kind}", daemon=True)
 
     # --- consumer side -------------------------------------------------------------------------------
@@ -228,7 +230,7 @@ class FrameSource:
         try:
             self._supervise_loop()
         except Exception as exc:  # noqa: BLE001 - worker-thread boundary: the consumer must hear of it
-            logger.exception("source %s supervisor failed", self.spec.display)
+            logger.exception("source %s supervisor failed", self._label)
             self._fail(StreamError(f"{self.spec.display}: internal error ({type(exc).__name__})"))
 
     def _supervise_loop(self) -> None:
@@ -255,7 +257,7 @@ class FrameSource:
             delay = self.options.reconnect.delay_s(attempt, self._rng)
             logger.warning(
                 "source %s %s (%s); reconnecting in %.2f s (attempt %d)",
-                self.spec.display, outcome, self._reason, delay, attempt,
+                self._label, outcome, self._reason, delay, attempt,
             )
             # a stall stays visible as "stalled" until the next connection delivers
             state = "stalled" if outcome == "stalled" else "retrying" if ever_delivered else "starting"
@@ -286,7 +288,7 @@ class FrameSource:
                     self._stalls += 1
                     what = "no data for" if connected else "open timed out after"
                     self._reason = f"{what} {idle_s:.1f} s"
-                logger.warning("source %s stalled: %s", self.spec.display, self._reason)
+                logger.warning("source %s stalled: %s", self._label, self._reason)
                 err = None if connected else SourceTimeout(f"{self.spec.display}: {self._reason}")
                 return "stalled", err, bool(result["delivered"])
         return result["outcome"], result["error"], bool(result["delivered"])
@@ -326,7 +328,7 @@ class FrameSource:
         try:
             self._pump(conn, gen, result)
         except Exception:  # noqa: BLE001 - worker-thread boundary: logged with its traceback, reported as typed
-            logger.exception("source %s reader failed", self.spec.display)
+            logger.exception("source %s reader failed", self._label)
             result.update(outcome="error", error=StreamError(f"{self.spec.display}: internal error"))
         finally:
             conn.close()
@@ -415,9 +417,9 @@ class FrameSource:
 
     def _fail(self, error: StreamError) -> None:
         if self.info is None:  # open failure: raised to the caller of open_source, not logged twice
-            logger.debug("source %s failed to open: %s", self.spec.display, error)
+            logger.debug("source %s failed to open: %s", self._label, error)
         else:
-            logger.error("source %s failed: %s", self.spec.display, error)
+            logger.error("source %s failed: %s", self._label, error)
         if self.info is None:
             self._open_error = error
             self._info_ready.set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,7 @@ class DarkChannelDehazer:
         self.config = config or DcpConfig()
         self.use_numba = use_numba  # CPU only: the fused numba passes (False: the torch path, e.g. for parity tests)
         self._airlight: torch.Tensor | None = None  # (3,) EMA state in [0, 255]
+        self._stream_airlight: dict[Hashable, torch.Tensor] = {}  # the same per stream id (restore_streams)
 
     @property
     def uses_guidance(self) -> bool:
@@ -156,6 +158,7 @@ class DarkChannelDehazer:
         through the EMA instead, ``airlight_ema_weight`` of the way per frame.
         """
         self._airlight = None
+        self._stream_airlight.clear()
 
     def _subsample(self, height: int, scale: float) -> int:
         factor = max(1, math.ceil(height / self.config.work_height_px))
@@ -163,14 +166,18 @@ class DarkChannelDehazer:
             factor = max(factor, round(1.0 / scale))
         return factor
 
-    def _smooth_airlight(self, per_frame: torch.Tensor) -> torch.Tensor:
-        """EMA over the batch in frame order. (N, 3) -> (N, 3); updates the instance state."""
+    def _smooth_airlight(self, per_frame: torch.Tensor, streams: Sequence[Hashable] | None) -> torch.Tensor:
+        """EMA over the batch in frame order, one state per stream id. (N, 3) -> (N, 3); updates the state."""
         out = torch.empty_like(per_frame)
-        state = self._airlight
         for i in range(per_frame.shape[0]):
+            key = None if streams is None else streams[i]
+            state = self._airlight if key is None else self._stream_airlight.get(key)
             state = per_frame[i] if state is None else torch.lerp(state, per_frame[i], self.config.airlight_ema_weight)
+            if key is None:
+                self._airlight = state
+            else:
+                self._stream_airlight[key] = state
             out[i] = state
-        self._airlight = state
         return out
 
     def _working_image(self, frames: torch.Tensor, scale: float) -> tuple[torch.Tensor, int]:
@@ -182,13 +189,15 @@ class DarkChannelDehazer:
         planar = frames.permute(0, 3, 1, 2).float()
         return (F.avg_pool2d(planar, sub) if sub > 1 else planar), sub
 
-    def _estimate(self, frames: torch.Tensor, scale: float, *, smooth: bool) -> _Estimate:
+    def _estimate(self, frames: torch.Tensor, scale: float, *, smooth: bool,
+                  streams: Sequence[Hashable] | None = None) -> _Estimate:  # fmt: skip
         """Airlight and the guided filter's coefficients of the transmission, at the working resolution.
 
         Args:
             frames: (N, H, W, 3) uint8 RGB.
             scale: upper bound of the working resolution relative to the frame.
             smooth: update and use the airlight EMA (False: per-frame airlight, state untouched).
+            streams: stream id of each frame (one EMA per id); None: one stream.
         """
         cfg = self.config
         small, sub = self._working_image(frames, scale)
@@ -196,7 +205,7 @@ class DarkChannelDehazer:
         dark = dark_channel(small, patch)
         airlight = estimate_airlight(small, dark, cfg.top_fraction)
         if smooth:
-            airlight = self._smooth_airlight(airlight)
+            airlight = self._smooth_airlight(airlight, streams)
         airlight = airlight.clamp(cfg.airlight_min * PIXEL_MAX, PIXEL_MAX)
         t_raw = 1.0 - cfg.omega * dark_channel(small / airlight[:, :, None, None], patch)
         weights = device_constant(LUMA_WEIGHTS, small.device, small.dtype)  # no per-frame upload
@@ -235,8 +244,24 @@ class DarkChannelDehazer:
         Returns:
             (N, H, W, 3) uint8 RGB on ``device``.
         """
+        return self.restore_streams(frames, None, scale=scale)
+
+    @torch.no_grad()
+    def restore_streams(self, frames: torch.Tensor, streams: Sequence[Hashable] | None, *,
+                        scale: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """``restore`` for a batch that mixes streams (cameras): each id keeps its own airlight EMA, so a
+        frame gets exactly the pixels it would get with one instance per stream.
+
+        Args:
+            frames: (N, H, W, 3) uint8 RGB on ``device``.
+            streams: N stream ids, in frame order; None: all frames belong to one stream.
+            scale: as in ``restore``.
+
+        Returns:
+            (N, H, W, 3) uint8 RGB on ``device``.
+        """
         # DCP is scale-invariant in I/A, so it works on raw 0..255 values: no range mapping pass.
-        est = self._estimate(frames, scale, smooth=True)
+        est = self._estimate(frames, scale, smooth=True, streams=streams)
         kernels = self._cpu_kernels()
         if kernels is not None:
             return dcp_cpu.restore(kernels, frames, est.mean_a, est.mean_b, est.airlight, LUMA_WEIGHTS, self.config.t0)

@@ -136,3 +136,9 @@ def bench_realtime(variants: str, resolutions: str, scales: str, frames: int, ma
         click.echo(f"{skipped} cell(s) skipped: estimated over --max-frame-s {max_frame_s:g} s per frame")
     if json_path is not None:
         write_json(json_path, results)
+
+
+# `bench serve` lives with the serving engine; registered here so that it sits in the same group.
+from pipelines.serve.bench_command import bench_serve  # noqa: E402 - the group must exist first
+
+bench.add_command(bench_serve)

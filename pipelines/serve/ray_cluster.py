@@ -1,0 +1,309 @@
+"""``cliphaze serve CONFIG --ray ADDRESS``: the same serving engine in Ray actors across a cluster.
+
+Ray (``pip install 'cliphaze[ray]'``) does the cluster work: processes on every node, placement, and
+restarting an actor that dies. We add only the serving policy:
+
+- **Placement.** One serving actor per GPU (``num_gpus=1``), or one per node on CPU-only nodes, each
+  pinned softly to its node (it may move when the node is gone). ``--ray-actors N`` overrides the count.
+- **Spread by load.** Each camera costs its model's weight (a CLIPHaze camera costs more than a dcp one);
+  a new camera goes to the least-loaded actor, and a camera stays on its actor across reloads.
+- **Restart.** Actors are created with ``max_restarts=-1``: Ray restarts a dead actor (on the same node, or
+  on another one when its node is gone). Every actor has an incarnation id; the head polls the actors,
+  and when one answers with a new incarnation it hands it its cameras again, which resume.
+- **One view.** The head (the process that ran the command) serves ``/healthz``, ``/cameras`` (every
+  camera, with its actor, node and pid) and ``/metrics`` for the whole cluster, from the actors' snapshots.
+
+``--ray local`` starts a private Ray instance on this machine (tests, trying it out); ``auto`` or an
+address joins a running cluster (``ray start --head`` on the head node).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.serve.config import CameraConfig, ServeConfig, ServeConfigError, load_config
+from pipelines.serve.engine import LOOP_POLL_S, ServeEngine, ServeOptions
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'cliphaze[ray]'"
+POLL_S = 1.0  # how often the head asks every actor for its status
+CALL_TIMEOUT_S = 10.0  # a status call slower than this counts the actor as away
+JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once
+STOP_TIMEOUT_S = 60.0  # longest wait for the actors to drain and finalize on shutdown
+MODEL_WEIGHT = {"none": 0.2, "dcp": 1.0, "cliphaze": 4.0}  # relative cost of one camera, for spreading
+
+
+class RayUnavailable(ServeConfigError):
+    """``--ray`` without Ray installed, or a cluster that cannot be reached (one line, exit code 2)."""
+
+
+def _one_line(error: BaseException) -> str:
+    from stream.uri import redact
+
+    text = str(error).strip()
+    return redact(text.splitlines()[0]) if text else type(error).__name__
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast on an address nothing listens at (``ray.init`` would retry it for minutes).
+
+    Raises:
+        RayUnavailable: malformed address, or no TCP answer within ``JOIN_TIMEOUT_S``.
+    """
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray wants auto, local or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayUnavailable(INSTALL_HINT) from exc
+    return ray
+
+
+class ServeActorImpl:
+    """The body of a serving actor: a :class:`ServeEngine` without its own HTTP endpoint."""
+
+    def __init__(self, options: ServeOptions, index: int) -> None:
+        import logging as _logging
+        import os
+
+        _logging.basicConfig(level=_logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.index = index
+        self.incarnation = uuid.uuid4().hex
+        self.pid = os.getpid()
+        self.engine = ServeEngine(options)
+
+    def apply(self, cameras: list[CameraConfig]) -> dict[str, list[str]]:
+        return self.engine.apply(ServeConfig(tuple(cameras)))
+
+    def status(self) -> dict[str, Any]:
+        import ray
+
+        return {"incarnation": self.incarnation, "pid": self.pid, "node": ray.get_runtime_context().get_node_id(),
+                "healthy": self.engine.healthy(), "cameras": self.engine.cameras(),
+                "batchers": self.engine.batchers()}  # fmt: skip
+
+    def stop(self) -> list[dict[str, Any]]:
+        self.engine.stop()
+        return list(self.engine.final.values())
+
+
+@dataclass
+class _Actor:
+    """The head's record of one serving actor."""
+
+    index: int
+    handle: Any
+    cameras: dict[str, CameraConfig]  # assigned to it
+    incarnation: str = ""  # of the instance that got ``cameras``; a new one gets them again
+    status: dict[str, Any] | None = None  # last answer (None: away)
+
+    @property
+    def load(self) -> float:
+        return sum(MODEL_WEIGHT.get(c.model, 1.0) for c in self.cameras.values())
+
+
+def plan_actors(nodes: list[dict[str, Any]], requested: int | None) -> list[tuple[str | None, bool]]:
+    """(node id, uses a GPU) per actor: one per GPU, else one per CPU node; ``requested`` overrides the count.
+
+    Args:
+        nodes: ``ray.nodes()`` entries (``Alive``, ``NodeID``, ``Resources``).
+        requested: actor count from ``--ray-actors`` (spread round-robin over the slots found).
+    """
+    slots: list[tuple[str | None, bool]] = []
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        gpus = int(node.get("Resources", {}).get("GPU", 0))
+        slots += [(node["NodeID"], True)] * gpus if gpus else [(node["NodeID"], False)]
+    if not slots:
+        raise RayUnavailable("the Ray cluster has no alive nodes")
+    if requested is None:
+        return slots
+    return [slots[i % len(slots)] for i in range(requested)]
+
+
+def spread(cameras: tuple[CameraConfig, ...], actors: list[_Actor]) -> None:
+    """Assign cameras that no actor has yet to the least-loaded actors; drop cameras no longer wanted."""
+    wanted = {c.name: c for c in cameras}
+    for actor in actors:
+        actor.cameras = {n: wanted[n] for n in actor.cameras if n in wanted}  # changed settings follow the name
+    placed = {n for a in actors for n in a.cameras}
+    new = sorted((c for c in cameras if c.name not in placed), key=lambda c: -MODEL_WEIGHT.get(c.model, 1.0))
+    for camera in new:
+        min(actors, key=lambda a: (a.load, a.index)).cameras[camera.name] = camera
+
+
+class RayServe:
+    """The head: creates the actors, hands out cameras, watches incarnations, aggregates status."""
+
+    def __init__(self, options: ServeOptions, *, address: str, actors: int | None) -> None:
+        ray = import_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._ray = ray
+        check_reachable(address)
+        # ray.init installs its own SIGTERM/SIGINT handlers in this process (they abort it); ours drain first
+        ours = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+            else:
+                ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RayUnavailable(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from exc
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in ours.items():
+                    if callable(handler):
+                        signal.signal(sig, handler)
+        actor_options = ServeOptions(batch=options.batch, device=options.device, precision=options.precision,
+                                     scan_backend=options.scan_backend, threads=options.threads, http_port=None,
+                                     exit_when_done=False)  # fmt: skip
+        remote = ray.remote(max_restarts=-1, max_task_retries=0)(ServeActorImpl)
+        self._lock = threading.Lock()
+        self.actors: list[_Actor] = []
+        for index, (node, gpu) in enumerate(plan_actors(ray.nodes(), actors)):
+            strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
+            handle = remote.options(name=f"cliphaze-serve-{index}-{uuid.uuid4().hex[:6]}", num_gpus=1 if gpu else 0,
+                                    num_cpus=1, scheduling_strategy=strategy).remote(actor_options, index)  # fmt: skip
+            self.actors.append(_Actor(index, handle, {}))
+        logger.warning("Ray: %d serving actor(s) on %d node(s)", len(self.actors),
+                       len({n for n, _ in plan_actors(ray.nodes(), None)}))  # fmt: skip
+
+    def apply(self, config: ServeConfig) -> None:
+        with self._lock:
+            spread(config.cameras, self.actors)
+            for actor in self.actors:
+                actor.incarnation = ""  # hand every actor its (possibly changed) list at the next poll
+        self.poll()
+
+    def poll(self) -> None:
+        """Ask every actor for its status; give an actor with a new incarnation its cameras."""
+        ray = self._ray
+        with self._lock:
+            actors = list(self.actors)
+        refs = {a.index: a.handle.status.remote() for a in actors}
+        for actor in actors:
+            try:
+                status = ray.get(refs[actor.index], timeout=CALL_TIMEOUT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                if actor.status is not None:
+                    logger.warning("Ray actor %d is away (%s); Ray restarts it", actor.index, type(exc).__name__)
+                actor.status = None
+                continue
+            if status["incarnation"] != actor.incarnation:
+                if actor.incarnation:
+                    logger.warning("Ray actor %d restarted (pid %d): resuming %d camera(s)", actor.index,
+                                   status["pid"], len(actor.cameras))  # fmt: skip
+                try:
+                    ray.get(actor.handle.apply.remote(list(actor.cameras.values())), timeout=CALL_TIMEOUT_S * 6)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    actor.status = None
+                    continue
+                except ray.exceptions.RayTaskError as exc:  # e.g. a model that cannot load there: keep what runs
+                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                    logger.error("Ray actor %d could not take its cameras: %s", actor.index, _one_line(cause))
+                actor.incarnation = status["incarnation"]
+                status = ray.get(actor.handle.status.remote(), timeout=CALL_TIMEOUT_S)
+            actor.status = status
+
+    def cameras(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            actors = list(self.actors)
+        for actor in actors:
+            status = actor.status
+            seen = {c["name"]: c for c in status["cameras"]} if status else {}
+            # assigned cameras, and those the actor still runs (a removed camera is listed until it has drained)
+            for name in sorted(set(actor.cameras) | set(seen)):
+                entry = seen.get(name) or {"name": name, "state": "moving", "frames_out": 0, "drops": 0,
+                                           "reconnects": 0, "restarts": 0}  # fmt: skip
+                out.append({**entry, "actor": actor.index, "pid": status["pid"] if status else None,
+                            "node": status["node"] if status else None})  # fmt: skip
+        return out
+
+    def batchers(self) -> list[dict[str, Any]]:
+        return [{**b, "model": f"{b['model']}@{a.index}"} for a in self.actors if a.status
+                for b in a.status["batchers"]]  # fmt: skip
+
+    def healthy(self) -> bool:
+        return all(a.status is not None and a.status["healthy"] for a in self.actors)
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Drain every actor (outputs finalized), then leave the cluster."""
+        ray = self._ray
+        final: list[dict[str, Any]] = []
+        refs = [a.handle.stop.remote() for a in self.actors]
+        for actor, ref in zip(self.actors, refs):
+            try:
+                final += ray.get(ref, timeout=STOP_TIMEOUT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                logger.error("Ray actor %d did not drain: %s", actor.index, type(exc).__name__)
+            ray.kill(actor.handle, no_restart=True)
+        ray.shutdown()
+        return final
+
+
+def serve_on_ray(path: Path, options: ServeOptions, stop: threading.Event, reload: threading.Event, *,
+                 address: str, actors: int | None = None, rtsp_user: str | None = None,
+                 rtsp_password: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """``cliphaze serve --ray``: like ``engine.serve``, with the cameras in Ray actors. Returns final status.
+
+    Raises:
+        RayUnavailable: Ray is not installed or the cluster cannot be joined.
+        ServeConfigError: the file is unusable at start.
+    """
+    from pipelines.serve.http import StatusProvider, StatusServer
+    from pipelines.serve.metrics import ServeMetrics
+
+    def load(p: Path) -> ServeConfig:
+        return load_config(p, rtsp_user=rtsp_user, rtsp_password=rtsp_password)
+
+    config = load(path)
+    import_ray()  # the install hint before anything starts
+    head = RayServe(options, address=address, actors=actors)
+    http = None
+    try:
+        metrics = ServeMetrics(head.cameras, head.batchers)
+        if options.http_port is not None:
+            http = StatusServer(StatusProvider(head.cameras, head.healthy, metrics.text), options.http_port,
+                                options.http_addr)  # fmt: skip
+        head.apply(config)
+        logger.warning("serving %d camera(s) on Ray%s", len(config.cameras),
+                       f"; status at http://{http.addr}:{http.port}/cameras" if http else "")  # fmt: skip
+        last_poll = time.monotonic()
+        while not stop.wait(LOOP_POLL_S):
+            if reload.is_set():
+                reload.clear()
+                try:
+                    head.apply(load(path))
+                    logger.warning("reload: cameras re-spread over %d actor(s)", len(head.actors))
+                except Exception as exc:  # reload boundary: a bad file must not end the server
+                    logger.error("reload: %s; keeping the running cameras", _one_line(exc))
+            if time.monotonic() - last_poll >= POLL_S:
+                head.poll()
+                last_poll = time.monotonic()
+    finally:
+        final = head.stop()
+        if http is not None:
+            http.close()
+    return final

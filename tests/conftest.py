@@ -28,6 +28,18 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Without CUDA, Triton kernels run in Triton's interpreter (the triton scan's CPU tests).
+
+    The switch must be on before anything imports triton: ``triton.jit`` picks compiled or interpreted when it
+    decorates, and triton's own library functions (those behind ``tl.sum``, ``tl.associative_scan``, ...) are
+    decorated when triton is first imported, which other tests do (torch.compile). A user's own setting wins;
+    the sm_90 compile test runs its subprocess without it.
+    """
+    if "TRITON_INTERPRET" not in os.environ and not _has_cuda():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("gpu") is None or _has_cuda():
         return

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from cliphaze.dehazer import Dehazer
-from cliphaze.metrics import NoReferenceScores, no_reference_scores, psnr, ssim, ssim_dehazeformer_image
+from cliphaze.metrics import (
+    SEAM_PERIODS_PX,
+    NoReferenceScores,
+    no_reference_scores,
+    psnr,
+    seam_excess,
+    ssim,
+    ssim_dehazeformer_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,9 @@ class ImageScore:
     ssim: float  # skimage SSIM, full-resolution RGB (Wang et al. settings)
     ssim_dehazeformer: float  # pytorch_msssim SSIM after DehazeFormer's pooling
     ms: float  # wall time of the restore call in ms (0 for "hazy")
+    seams_8: float = float("nan")  # grid seams added at 8 px blocks (metrics.seam_excess; ~0 = none; NaN: too small)
+    seams_16: float = float("nan")  # same at 16 px
+    seams_32: float = float("nan")  # same at 32 px
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class MethodSummary:
     ssim: float
     ssim_dehazeformer: float
     ms: float
+    seams_8: float = float("nan")  # mean grid-seam excess at 8 / 16 / 32 px (see ImageScore)
+    seams_16: float = float("nan")
+    seams_32: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,9 @@ def restore_image(dehazer: Dehazer, image: np.ndarray) -> np.ndarray:
 
 
 def _score(name: str, method: str, restored: np.ndarray, clear: np.ndarray, ms: float) -> ImageScore:
+    seams = {p: float("nan") for p in SEAM_PERIODS_PX}
+    if min(clear.shape[:2]) > 2 * max(SEAM_PERIODS_PX):
+        seams = seam_excess(restored, clear)
     return ImageScore(
         image=name,
         method=method,
@@ -112,6 +129,7 @@ def _score(name: str, method: str, restored: np.ndarray, clear: np.ndarray, ms: 
         ssim=ssim(restored, clear),
         ssim_dehazeformer=ssim_dehazeformer_image(restored, clear),
         ms=ms,
+        **{f"seams_{p}": v for p, v in seams.items()},
     )
 
 
@@ -126,6 +144,7 @@ def _summarise(scores: Sequence[ImageScore]) -> dict[str, MethodSummary]:
             ssim=float(np.mean([r.ssim for r in rows])),
             ssim_dehazeformer=float(np.mean([r.ssim_dehazeformer for r in rows])),
             ms=float(np.mean([r.ms for r in rows])),
+            **{f"seams_{p}": float(np.mean([getattr(r, f"seams_{p}") for r in rows])) for p in SEAM_PERIODS_PX},
         )
     return out
 

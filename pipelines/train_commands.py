@@ -289,7 +289,8 @@ def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path
         report = evaluate_pairs(pairs, dehazers, csv_path=csv_path, grid_path=grid_path)
     except (DatasetLayoutError, EvaluationError, VideoReadError) as error:
         raise _bad_input(error) from error
-    click.echo(f"{'method':14s} {'images':>6s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM-DF':>8s} {'ms':>8s}")
+    click.echo(f"{'method':14s} {'images':>6s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM-DF':>8s} {'ms':>8s} "
+               f"{'seams 8/16/32 px (excess over clean; ~0 = none)':>20s}")
     for s in report.summary.values():
         click.echo(f"{s.method:14s} {s.images:6d} {s.psnr_db:8.2f} {s.ssim:7.4f} {s.ssim_dehazeformer:8.4f} "
-                   f"{s.ms:8.0f}")
+                   f"{s.ms:8.0f} {s.seams_8:+.3f} / {s.seams_16:+.3f} / {s.seams_32:+.3f}")

@@ -19,6 +19,7 @@ No reference (for real hazy video without ground truth), written from the publis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,3 +199,25 @@ def seam_excess(
     r, c = _as_float_hwc(restored), _as_float_hwc(clean)
     _check_pair(r, c)
     return {p: grid_seam_ratio(r, p) - grid_seam_ratio(c, p) for p in periods_px}
+
+
+def temporal_error(
+    restored: Sequence[np.ndarray | torch.Tensor], clean: Sequence[np.ndarray | torch.Tensor]
+) -> float:
+    """Flicker: the frame-to-frame change of a restored video that the clean video does not have.
+
+    ``mean_t mean |(R_t - R_{t-1}) - (C_t - C_{t-1})|`` over all pixels and RGB channels, in [0, 1] units
+    (x 255 for 8-bit levels). 0 when the restoration changes exactly as the clean video does (a constant
+    colour error cancels); haze that drifts, or guidance that jumps between frames, adds to it.
+
+    Args:
+        restored: T >= 2 frames (H, W, 3), uint8 or float in [0, 1].
+        clean: the T clean frames.
+    """
+    if len(restored) != len(clean) or len(restored) < 2:
+        raise MetricError(f"need two equally long videos of >= 2 frames, got {len(restored)} and {len(clean)}")
+    r = [_as_float_hwc(f) for f in restored]
+    c = [_as_float_hwc(f) for f in clean]
+    for a, b in zip(r, c):
+        _check_pair(a, b)
+    return float(np.mean([np.abs((r[t] - r[t - 1]) - (c[t] - c[t - 1])).mean() for t in range(1, len(r))]))

@@ -33,7 +33,7 @@ import torch
 from cliphaze.evaluate import evaluate_pairs, read_rgb_image, write_rgb_image
 from cliphaze.train.clip_stage import ClipStageConfig, load_towers, save_towers, train_clip_towers
 from cliphaze.train.config import CheckpointConfig, OptimConfig, TrainConfig, ValidationConfig
-from cliphaze.train.content import add_content_pack, load_content_pack, load_default_content
+from cliphaze.train.content import PACK_VAL_PREFIX, add_content_pack, load_content_pack, load_default_content
 from cliphaze.train.data import AugmentConfig, SyntheticHazeDataset, image_to_tensor
 from cliphaze.train.loop import resolve_device, train_network
 from cliphaze.train.synthetic import HAZE_KINDS, HazeConfig, synthesize_haze
@@ -148,6 +148,23 @@ def load_network_weights(source: torch.nn.Module, target: torch.nn.Module | None
     return target
 
 
+def with_shifted_windows(model: torch.nn.Module | None, scan_backend: str | None) -> torch.nn.Module:
+    """``model`` (or a fresh ``VARIANT``) with ``attention.shift`` on: odd blocks shift their windows by half a
+    window, so window borders no longer sit on one fixed 8/16/32 px grid. Same parameters, so the weights carry over.
+    """
+    import dataclasses
+
+    from cliphaze.config import get_config
+    from cliphaze.factory import create_model
+
+    config = model.config if model is not None else get_config(VARIANT)
+    shifted = create_model(config.replace(attention=dataclasses.replace(config.attention, shift=True)),
+                           scan_backend=scan_backend)
+    if model is not None:
+        shifted.load_state_dict(model.state_dict(), strict=True)
+    return shifted
+
+
 def read_towers(source: Path, device: str = "cpu"):
     """``--towers``: a stage-1 towers file, or a bundle whose embedded towers are taken (e.g. the shipped one)."""
     from cliphaze.train.clip_stage import ClipStageError, ClipStageResult
@@ -174,7 +191,9 @@ def write_val_sets(out: Path, val_images: dict, haze: HazeConfig, max_side_px: i
     sets: dict[str, list[tuple[Path, Path]]] = {}
     for k, kind in enumerate(HAZE_KINDS):
         pairs = []
-        for i, (name, image) in enumerate(sorted(val_images.items())[:max_images]):
+        # Pack photos after the original six, so those keep the seeds (and haze) of the earlier tables.
+        ordered = sorted(val_images.items(), key=lambda item: (item[0].startswith(PACK_VAL_PREFIX), item[0]))
+        for i, (name, image) in enumerate(ordered[:max_images]):
             if max_side_px is not None and max(image.shape[:2]) > max_side_px:
                 image = downscale(image, -(-max(image.shape[:2]) // max_side_px))
             hazy_path = out / "val" / kind / "hazy" / f"{name}.png"
@@ -271,6 +290,9 @@ def parse_args() -> argparse.Namespace:
                         help="storage type of the exported network (bf16: a 13 MB bundle)")
     parser.add_argument("--eval-max-side", type=int, default=None, help="dry runs: downscale held-out images")
     parser.add_argument("--eval-max-images", type=int, default=None, help="dry runs: held-out images per kind")
+    parser.add_argument("--shift-windows", action="store_true",
+                        help="train with shifted attention windows (odd blocks; no new parameters): the fix of the "
+                             "window-border seams that needs training (docs/model-card.md)")
     parser.add_argument("--scan-backend", default=None,
                         help="selective-scan backend of the network (default: the variant's, 'auto')")
     parser.add_argument("--calibration-steps", type=int, default=6, help="--steps auto: timed steps")
@@ -329,6 +351,8 @@ def main() -> None:
 
         init_model = load_network_weights(load_bundle(args.init_from, scan_backend=args.scan_backend).net, init_model)
         logger.info("stage 2 starts from the network weights of %s", args.init_from)
+    if args.shift_windows:
+        init_model = with_shifted_windows(init_model, args.scan_backend)
     budget = None if args.time_budget_min is None else args.time_budget_min * 60
     mult = AIRLIGHT_LR_MULT if args.global_airlight else 1.0
     steps = 1 if args.steps == "auto" else int(args.steps)

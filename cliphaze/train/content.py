@@ -125,6 +125,8 @@ PACK_FORMAT = "cliphaze-content-pack-1"
 # Each pack photo is listed this many times, like the stills (STILL_REPEATS), so ~20 photos weigh as much as
 # the 16 stills next to ~140 video frames.
 PACK_REPEATS = 8
+# Held-out pack photos are named with this prefix next to the default held-out images.
+PACK_VAL_PREFIX = "pack_"
 
 
 class ContentPackError(ValueError):
@@ -169,7 +171,7 @@ def load_content_pack(path: str | Path) -> ContentPack:
     return ContentPack(train=splits["train"], val=splits["val"], manifest=manifest)
 
 
-def add_content_pack(content: DefaultContent, pack: ContentPack, *, prefix: str = "pack_") -> DefaultContent:
+def add_content_pack(content: DefaultContent, pack: ContentPack, *, prefix: str = PACK_VAL_PREFIX) -> DefaultContent:
     """``content`` plus the pack's training photos (each PACK_REPEATS times) and held-out photos (``prefix`` + name)."""
     train = list(content.train)
     names = list(content.train_names)

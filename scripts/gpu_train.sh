@@ -56,7 +56,7 @@ else
     MODE=dry
     TRAIN_MIN=${TRAIN_MIN:-0.05}
     CLIP_MIN=${CLIP_MIN:-0.5}
-    ARGS=(--device cpu --amp off --workers 0 --crop 32 --batch 2 --lr 2e-4 --threads 2 --scan-backend chunked
+    ARGS=(--device cpu --amp off --workers 0 --crop 32 --batch 2 --lr 2e-4 --threads 2
           --calibration-steps 1 --clip-steps "${CLIP_STEPS:-2}" --clip-batch 2 --clip-lr 3e-4
           --eval-max-side 48 --eval-max-images 1)
 fi

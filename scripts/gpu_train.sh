@@ -16,7 +16,7 @@
 #            steps that fit: `--steps auto` times a few steps first and sizes the schedule to the minutes left;
 #            EMA `auto` (1 - 10/steps, within [0.99, 0.999]); field supervision weight 1 and the airlight head
 #            kept (they helped on the CPU runs 2b-2d; their effect at this scale is still to be measured).
-#   TRAIN_MIN (default 7) bounds stage 1 + stage 2 together: with loading, export and the held-out evaluation
+#   TRAIN_MIN (default 6.5) bounds stage 1 + stage 2 together: with loading, export and the held-out evaluation
 #   the script ends within the device tool's 10 minutes per command.
 # Output ($OUT, 8 files): cliphaze-t.safetensors (network in bf16, towers fp32, about 13 MB), run_summary.json
 # (steps/s, peak memory, the held-out table, whether the bars are met), train.log, history.jsonl,
@@ -48,7 +48,7 @@ if [ "${DRY:-0}" != 1 ] && "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.
         echo "no $CARRY/content.tar: run scripts/build_gpu_carry.sh here and carry $CARRY" >&2
         exit 2
     fi
-    TRAIN_MIN=${TRAIN_MIN:-7}
+    TRAIN_MIN=${TRAIN_MIN:-6.5}
     CLIP_MIN=${CLIP_MIN:-1}
     ARGS=(--device cuda --amp bf16 --workers 12 --crop 256 --batch 16 --lr 2e-4
           --clip-steps "${CLIP_STEPS:-600}" --clip-batch 64 --clip-lr 3e-4)

@@ -104,8 +104,8 @@ def write_rgb_image(path: str | Path, image: np.ndarray) -> None:
         raise EvaluationError(f"cannot write image {path}")
 
 
-def restore_image(dehazer: Dehazer, image: np.ndarray) -> np.ndarray:
-    """Run a dehazer on one RGB uint8 (H, W, 3) image; returns RGB uint8 (H, W, 3).
+def restore_image(dehazer: Dehazer, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Run a dehazer on one RGB uint8 (H, W, 3) image (at ``scale``, see Dehazer.restore); returns RGB uint8 (H, W, 3).
 
     Stateful dehazers (``dcp`` smooths its airlight over frames) are reset first: images are
     independent.
@@ -114,7 +114,7 @@ def restore_image(dehazer: Dehazer, image: np.ndarray) -> np.ndarray:
     if callable(reset):
         reset()
     frames = torch.from_numpy(np.ascontiguousarray(image))[None].to(dehazer.device)
-    out = dehazer.restore(frames, None)
+    out = dehazer.restore(frames, None, scale=scale)
     return out[0].cpu().numpy()
 
 
@@ -178,6 +178,7 @@ def evaluate_pairs(
     grid_path: Path | None = None,
     grid_rows: int = 6,
     progress: Callable[[int, int], None] | None = None,
+    scale: float = 1.0,
 ) -> PairedReport:
     """Score the hazy input and every dehazer on (hazy, clear) image pairs at full resolution.
 
@@ -188,6 +189,7 @@ def evaluate_pairs(
         grid_path: where to write the before/after grid of the first ``grid_rows`` images (optional).
         grid_rows: images in the grid.
         progress: called with (done, total) after each image.
+        scale: processing scale passed to every dehazer's ``restore`` (1 = full resolution).
 
     Returns:
         Per-image scores and per-method means.
@@ -206,7 +208,7 @@ def evaluate_pairs(
         row = [hazy]
         for method, dehazer in dehazers.items():
             start = time.perf_counter()
-            restored = restore_image(dehazer, hazy)
+            restored = restore_image(dehazer, hazy, scale)
             ms = (time.perf_counter() - start) * MS_PER_S
             scores.append(_score(name, method, restored, clear, ms))
             row.append(restored)

@@ -51,3 +51,18 @@ def test_images_too_small_for_a_32px_grid_get_nan(tmp_path: Path) -> None:
     write_rgb_image(tmp_path / "c.png", clear)
     report = evaluate_pairs([(tmp_path / "h.png", tmp_path / "c.png")], {})
     assert math.isnan(report.summary["hazy"].seams_8)
+
+
+def test_the_processing_scale_reaches_every_dehazer(tmp_path: Path) -> None:
+    seen = []
+
+    class _Recorder(_Blocky):
+        def restore(self, frames, guidance, *, scale: float = 1.0):
+            seen.append(scale)
+            return frames
+
+    clear = data.coffee()[:80, :96]
+    write_rgb_image(tmp_path / "h.png", clear)
+    write_rgb_image(tmp_path / "c.png", clear)
+    evaluate_pairs([(tmp_path / "h.png", tmp_path / "c.png")], {"a": _Recorder(), "b": _Recorder()}, scale=0.5)
+    assert seen == [0.5, 0.5]

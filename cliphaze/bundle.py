@@ -108,6 +108,7 @@ def save_bundle(
     *,
     embed_towers: bool = False,
     extra_metadata: dict[str, str] | None = None,
+    net_dtype: torch.dtype = torch.float32,
 ) -> None:
     """Write a bundle (atomically).
 
@@ -117,13 +118,17 @@ def save_bundle(
         embed_towers: store the CLIP / DA-CLIP weights in the file (small shipped models); otherwise the
             towers are referenced by model name + pretrained tag / path, which must then be set.
         extra_metadata: more string metadata (e.g. training provenance).
+        net_dtype: storage type of the network's floating tensors: ``torch.bfloat16`` halves the file (a GPU
+            run's output must fit 16 MiB); :func:`load_bundle` reads either into the float32 network.
     """
-    tensors = _fp32(net.state_dict(), NET_PREFIX)
+    tensors = {k: v.to(net_dtype) if v.is_floating_point() else v
+               for k, v in _fp32(net.state_dict(), NET_PREFIX).items()}
     metadata: dict[str, str] = dict(extra_metadata or {})
     metadata.update(
         format_version=BUNDLE_FORMAT_VERSION,
         kind=BUNDLE_KIND,
         net_config=json.dumps(net.config.to_dict(), sort_keys=True),
+        net_dtype=str(net_dtype).removeprefix("torch."),
     )
     if guidance_encoder is not None:
         enc = guidance_encoder

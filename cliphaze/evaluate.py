@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from cliphaze.dehazer import Dehazer
-from cliphaze.metrics import NoReferenceScores, no_reference_scores, psnr, ssim, ssim_dehazeformer_image
+from cliphaze.metrics import (
+    SEAM_PERIODS_PX,
+    NoReferenceScores,
+    no_reference_scores,
+    psnr,
+    seam_excess,
+    ssim,
+    ssim_dehazeformer_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,9 @@ class ImageScore:
     ssim: float  # skimage SSIM, full-resolution RGB (Wang et al. settings)
     ssim_dehazeformer: float  # pytorch_msssim SSIM after DehazeFormer's pooling
     ms: float  # wall time of the restore call in ms (0 for "hazy")
+    seams_8: float = float("nan")  # grid seams added at 8 px blocks (metrics.seam_excess; ~0 = none; NaN: too small)
+    seams_16: float = float("nan")  # same at 16 px
+    seams_32: float = float("nan")  # same at 32 px
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class MethodSummary:
     ssim: float
     ssim_dehazeformer: float
     ms: float
+    seams_8: float = float("nan")  # mean grid-seam excess at 8 / 16 / 32 px (see ImageScore)
+    seams_16: float = float("nan")
+    seams_32: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -90,8 +104,8 @@ def write_rgb_image(path: str | Path, image: np.ndarray) -> None:
         raise EvaluationError(f"cannot write image {path}")
 
 
-def restore_image(dehazer: Dehazer, image: np.ndarray) -> np.ndarray:
-    """Run a dehazer on one RGB uint8 (H, W, 3) image; returns RGB uint8 (H, W, 3).
+def restore_image(dehazer: Dehazer, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Run a dehazer on one RGB uint8 (H, W, 3) image (at ``scale``, see Dehazer.restore); returns RGB uint8 (H, W, 3).
 
     Stateful dehazers (``dcp`` smooths its airlight over frames) are reset first: images are
     independent.
@@ -100,11 +114,14 @@ def restore_image(dehazer: Dehazer, image: np.ndarray) -> np.ndarray:
     if callable(reset):
         reset()
     frames = torch.from_numpy(np.ascontiguousarray(image))[None].to(dehazer.device)
-    out = dehazer.restore(frames, None)
+    out = dehazer.restore(frames, None, scale=scale)
     return out[0].cpu().numpy()
 
 
 def _score(name: str, method: str, restored: np.ndarray, clear: np.ndarray, ms: float) -> ImageScore:
+    seams = {p: float("nan") for p in SEAM_PERIODS_PX}
+    if min(clear.shape[:2]) > 2 * max(SEAM_PERIODS_PX):
+        seams = seam_excess(restored, clear)
     return ImageScore(
         image=name,
         method=method,
@@ -112,6 +129,7 @@ def _score(name: str, method: str, restored: np.ndarray, clear: np.ndarray, ms: 
         ssim=ssim(restored, clear),
         ssim_dehazeformer=ssim_dehazeformer_image(restored, clear),
         ms=ms,
+        **{f"seams_{p}": v for p, v in seams.items()},
     )
 
 
@@ -126,6 +144,7 @@ def _summarise(scores: Sequence[ImageScore]) -> dict[str, MethodSummary]:
             ssim=float(np.mean([r.ssim for r in rows])),
             ssim_dehazeformer=float(np.mean([r.ssim_dehazeformer for r in rows])),
             ms=float(np.mean([r.ms for r in rows])),
+            **{f"seams_{p}": float(np.mean([getattr(r, f"seams_{p}") for r in rows])) for p in SEAM_PERIODS_PX},
         )
     return out
 
@@ -159,6 +178,7 @@ def evaluate_pairs(
     grid_path: Path | None = None,
     grid_rows: int = 6,
     progress: Callable[[int, int], None] | None = None,
+    scale: float = 1.0,
 ) -> PairedReport:
     """Score the hazy input and every dehazer on (hazy, clear) image pairs at full resolution.
 
@@ -169,6 +189,7 @@ def evaluate_pairs(
         grid_path: where to write the before/after grid of the first ``grid_rows`` images (optional).
         grid_rows: images in the grid.
         progress: called with (done, total) after each image.
+        scale: processing scale passed to every dehazer's ``restore`` (1 = full resolution).
 
     Returns:
         Per-image scores and per-method means.
@@ -187,7 +208,7 @@ def evaluate_pairs(
         row = [hazy]
         for method, dehazer in dehazers.items():
             start = time.perf_counter()
-            restored = restore_image(dehazer, hazy)
+            restored = restore_image(dehazer, hazy, scale)
             ms = (time.perf_counter() - start) * MS_PER_S
             scores.append(_score(name, method, restored, clear, ms))
             row.append(restored)

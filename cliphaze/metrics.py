@@ -19,6 +19,7 @@ No reference (for real hazy video without ground truth), written from the publis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,3 +157,67 @@ def no_reference_scores(image: np.ndarray) -> NoReferenceScores:
         contrast=float(luma.std()),
         colourfulness=float(colourfulness),
     )
+
+
+# Block sizes at which a windowed / downsampling network can leave a grid (window 8 at the full-resolution stage,
+# and the 2x downsampling of each U-Net stage).
+SEAM_PERIODS_PX = (8, 16, 32)
+
+
+def grid_seam_ratio(image: np.ndarray | torch.Tensor, period_px: int) -> float:
+    """How much stronger the image's edges are across every ``period_px``-th pixel boundary than elsewhere.
+
+    The mean absolute difference between neighbouring pixels (over RGB, both directions), taken per boundary
+    phase ``(x + 1) mod period`` (phase 0: between pixel ``k * period - 1`` and ``k * period``, the borders of
+    blocks aligned to the image origin), divided by the median of the other phases' means. A seamless image
+    scores about 1; a grid of block borders scores more.
+
+    Args:
+        image: RGB (H, W, 3) (or a tensor (3, H, W)), uint8 or float in [0, 1]; both sides > 2 * period_px.
+    """
+    rgb = _as_float_hwc(image)
+    if min(rgb.shape[:2]) <= 2 * period_px:
+        raise MetricError(f"image {rgb.shape[:2]} too small for a {period_px} px grid")
+    phases = []
+    for axis in (1, 0):
+        grad = np.abs(np.diff(rgb, axis=axis)).mean(axis=(2, 1 - axis))  # per boundary between index i and i + 1
+        phase = (np.arange(grad.shape[0]) + 1) % period_px
+        phases.append(np.array([grad[phase == p].mean() for p in range(period_px)]))
+    means = (phases[0] + phases[1]) / 2.0
+    return float(means[0] / max(np.median(means[1:]), 1e-12))
+
+
+def seam_excess(
+    restored: np.ndarray | torch.Tensor, clean: np.ndarray | torch.Tensor, periods_px: tuple[int, ...] = SEAM_PERIODS_PX
+) -> dict[int, float]:
+    """Grid seams a restoration adds: :func:`grid_seam_ratio` of ``restored`` minus that of the clean photo.
+
+    About 0 for a seamless restoration (the photo's own structure cancels out); +0.1 means edges across the
+    ``period``-px block borders are 10 % stronger, relative to the other phases, than in the clean photo.
+    Images as in :func:`psnr`. Returns period -> excess.
+    """
+    r, c = _as_float_hwc(restored), _as_float_hwc(clean)
+    _check_pair(r, c)
+    return {p: grid_seam_ratio(r, p) - grid_seam_ratio(c, p) for p in periods_px}
+
+
+def temporal_error(
+    restored: Sequence[np.ndarray | torch.Tensor], clean: Sequence[np.ndarray | torch.Tensor]
+) -> float:
+    """Flicker: the frame-to-frame change of a restored video that the clean video does not have.
+
+    ``mean_t mean |(R_t - R_{t-1}) - (C_t - C_{t-1})|`` over all pixels and RGB channels, in [0, 1] units
+    (x 255 for 8-bit levels). 0 when the restoration changes exactly as the clean video does (a constant
+    colour error cancels); haze that drifts, or guidance that jumps between frames, adds to it.
+
+    Args:
+        restored: T >= 2 frames (H, W, 3), uint8 or float in [0, 1].
+        clean: the T clean frames.
+    """
+    if len(restored) != len(clean) or len(restored) < 2:
+        raise MetricError(f"need two equally long videos of >= 2 frames, got {len(restored)} and {len(clean)}")
+    r = [_as_float_hwc(f) for f in restored]
+    c = [_as_float_hwc(f) for f in clean]
+    for a, b in zip(r, c):
+        _check_pair(a, b)
+    return float(np.mean([np.abs((r[t] - r[t - 1]) - (c[t] - c[t - 1])).mean() for t in range(1, len(r))]))

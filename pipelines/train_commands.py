@@ -266,8 +266,10 @@ def _dehazers(weights: Path | None, use_dcp: bool, device: str) -> dict:
 @click.option("--every", type=int, default=10, show_default=True, help="Video mode: score every N-th frame.")
 @click.option("--max-frames", type=int, default=30, show_default=True, help="Video mode: frames scored.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--scale", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Paired mode: processing scale of every dehazer (CLIPHaze: fields at this scale, guided-upsampled).")
 def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path | None, grid_path: Path | None,
-                 max_images: int | None, every: int, max_frames: int, device: str) -> None:
+                 max_images: int | None, every: int, max_frames: int, device: str, scale: float) -> None:
     """Score dehazers on a paired dataset folder (PSNR/SSIM at full resolution), or on a hazy video without
     ground truth (dark channel, contrast, colourfulness, CLIP density before/after)."""
     from cliphaze.evaluate import EvaluationError, evaluate_pairs, evaluate_video
@@ -287,10 +289,11 @@ def eval_command(data: Path, weights: Path | None, use_dcp: bool, csv_path: Path
             return
         layout = detect_layout(data)
         pairs = [(p.hazy, p.clear) for p in layout.pairs][:max_images]
-        report = evaluate_pairs(pairs, dehazers, csv_path=csv_path, grid_path=grid_path)
+        report = evaluate_pairs(pairs, dehazers, csv_path=csv_path, grid_path=grid_path, scale=scale)
     except (DatasetLayoutError, EvaluationError, VideoReadError) as error:
         raise _bad_input(error) from error
-    click.echo(f"{'method':14s} {'images':>6s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM-DF':>8s} {'ms':>8s}")
+    click.echo(f"{'method':14s} {'images':>6s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM-DF':>8s} {'ms':>8s} "
+               f"{'seams 8/16/32 px (excess over clean; ~0 = none)':>20s}")
     for s in report.summary.values():
         click.echo(f"{s.method:14s} {s.images:6d} {s.psnr_db:8.2f} {s.ssim:7.4f} {s.ssim_dehazeformer:8.4f} "
-                   f"{s.ms:8.0f}")
+                   f"{s.ms:8.0f} {s.seams_8:+.3f} / {s.seams_16:+.3f} / {s.seams_32:+.3f}")

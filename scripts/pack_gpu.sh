@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Build .gpu/, the carry folder of scripts/gpu_check.sh, and check that what travels fits the GPU machine's 64 MiB.
+# Build .gpu/, the carry folder of scripts/gpu_check.sh and scripts/gpu_train.sh, and check that what travels
+# fits the GPU machine's 64 MiB.
 #
 #   scripts/pack_gpu.sh              # .gpu/site.tar.xz + .gpu/commit.txt (about 4 minutes: pip download, xz -9e)
+#                                    #   + .gpu/content.tar, the broader training content (scripts/build_content_pack.py:
+#                                    #   apt-get download of three Debian wallpaper packages, about 5 MB)
 #   scripts/pack_gpu.sh --project    # also .gpu/proj.tar.xz (git archive HEAD | xz -9)
 #   scripts/pack_gpu.sh --check      # build nothing: measure the working tree and the project archive (xz -1,
 #                                    #   an upper bound of -9) and check the sums against 64 MiB
@@ -62,6 +65,7 @@ for wheel in "$tmp"/wheels/*.whl; do
 done
 tar -C "$tmp/site" -cf - . | xz -9e -T0 >"$DEST/site.tar.xz"
 git describe --always --dirty >"$DEST/commit.txt"
+"$PY" scripts/build_content_pack.py --out "$DEST/content.tar"
 if [ "$MODE" = "project" ]; then
   git archive HEAD | xz -9 -T0 >"$DEST/proj.tar.xz"
 fi

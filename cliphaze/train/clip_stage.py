@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,23 @@ def make_batch(
     return torch.stack(views), torch.tensor(labels), torch.stack(targets)
 
 
+class _BatchStream(torch.utils.data.Dataset):
+    """Batch ``step`` of stage 1 as a pure function of ``(seed, step)``, so data-loader workers can build them."""
+
+    def __init__(self, images: Sequence[np.ndarray], config: ClipStageConfig, haze: HazeConfig, size: int,
+                 grid: tuple[int, int]) -> None:
+        self.images, self.config, self.haze, self.size, self.grid = images, config, haze, size, grid
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from cliphaze.train.data import sample_generator
+
+        generator = sample_generator(self.config.seed, step)
+        return make_batch(self.images, self.config, self.haze, generator, self.size, self.grid)
+
+
 def _lr_factor(step: int, config: ClipStageConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -144,6 +162,9 @@ def train_clip_towers(
     model_config: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    init: ClipStageResult | None = None,
+    num_workers: int = 0,
+    time_budget_s: float | None = None,
 ) -> ClipStageResult:
     """Train a small CLIP (both towers) and the hazy/clear prompts from scratch on synthetic haze.
 
@@ -155,6 +176,10 @@ def train_clip_towers(
         model_config: open_clip model config (default :data:`SMALL_CLIP_CONFIG`).
         device: where to train.
         progress: show a tqdm bar.
+        init: continue from these towers and prompts (e.g. a shipped bundle's) instead of a random start;
+            ``model_config`` is then theirs.
+        num_workers: data-loader processes that build the batches (batch ``k`` depends on (seed, k) only).
+        time_budget_s: stop after this many seconds (the schedule still spans ``config.steps``).
 
     Returns:
         A frozen fp32 GuidanceEncoder (density map + plain-tower tokens) on ``device``, and statistics.
@@ -177,19 +202,25 @@ def train_clip_towers(
 
     config = config or ClipStageConfig()
     haze = haze or HazeConfig()
-    model_config = dict(model_config or SMALL_CLIP_CONFIG)
+    model_config = dict(init.encoder.clip.config if init is not None else (model_config or SMALL_CLIP_CONFIG))
     if not images:
         raise ClipStageError("no training images")
     images = [to_rgb_uint8(im) for im in images]
     device = torch.device(device)
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    model = build_clip(model_config).to(device).train()
+    model = build_clip(model_config)
+    if init is not None:
+        model.load_state_dict(init.encoder.clip.model.state_dict(), strict=True)
+        model_name = init.encoder.identity.model_name
+    model = model.to(device).train()
     visual = model.visual
     vit.check_vision_tower(visual)
     size = int(model_config["vision_cfg"]["image_size"])
     grid = vit.grid_size(visual, size, size)
-    embeddings, eot = init_prompt_embeddings(model, num_context_tokens=config.num_context_tokens)
+    if init is not None:
+        embeddings, eot = init.encoder.prompts.embeddings.clone(), init.encoder.prompts.eot_indices.clone()
+    else:
+        embeddings, eot = init_prompt_embeddings(model, num_context_tokens=config.num_context_tokens)
     prompts = torch.nn.Parameter(embeddings.to(device))
     eot = eot.to(device)
     optimizer = torch.optim.AdamW(
@@ -200,9 +231,15 @@ def train_clip_towers(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     tau = config.temperature
     history: list[tuple[float, float, float]] = []
-    bar = tqdm(range(config.steps), desc="clip towers", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
-        views, labels, targets = make_batch(images, config, haze, generator, size, grid)
+    loader = torch.utils.data.DataLoader(_BatchStream(images, config, haze, size, grid), batch_size=None,
+                                         num_workers=num_workers)
+    bar = tqdm(loader, desc="clip towers", disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for views, labels, targets in bar:
+        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            logger.info("stage-1 time budget of %.0f s used up after %d of %d steps", time_budget_s, len(history),
+                        config.steps)
+            break
         clip_input = to_clip_input(views.to(device), size)
         x, _ = vit.run_blocks(visual, vit.embed(visual, clip_input))
         pooled = F.normalize(vit.pool(visual, x), dim=-1)
@@ -231,7 +268,7 @@ def train_clip_towers(
     )
     tail = np.array(history[-min(50, len(history)) :])
     stats = {
-        "steps": float(config.steps),
+        "steps": float(len(history)),
         "initial_loss": history[0][0],
         "final_loss": float(tail[:, 0].mean()),
         "accuracy": float(tail[:, 1].mean()),

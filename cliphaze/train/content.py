@@ -8,6 +8,7 @@ near-duplicates).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -116,3 +117,126 @@ def load_default_content(read_video: ReadVideo) -> DefaultContent:
             val[f"{split.name}_{index:04d}"] = downscale(frames[index], split.val_downscale)
     logger.info("default content: %d training images (%d distinct), %d held out", len(train), len(names), len(val))
     return DefaultContent(train=train, val=val, train_names=names)
+
+
+# Content packs (scripts/build_content_pack.py): one tar of photos with a manifest of sources and licences.
+PACK_MANIFEST = "manifest.json"
+PACK_FORMAT = "cliphaze-content-pack-1"
+# Each pack photo is listed this many times, like the stills (STILL_REPEATS), so ~20 photos weigh as much as
+# the 16 stills next to ~140 video frames.
+PACK_REPEATS = 8
+# Held-out pack photos are named with this prefix next to the default held-out images.
+PACK_VAL_PREFIX = "pack_"
+
+
+class ContentPackError(ValueError):
+    """A content pack that cannot be read or does not fit its manifest."""
+
+
+@dataclass(frozen=True)
+class ContentPack:
+    """Photos of a content pack, by split."""
+
+    train: dict[str, np.ndarray]  # name -> RGB uint8, trained on
+    val: dict[str, np.ndarray]  # name -> RGB uint8, the fixed held-out split (never trained on)
+    manifest: dict  # sources, authors and licences per image (manifest.json of the pack)
+
+
+def load_content_pack(path: str | Path) -> ContentPack:
+    """Read a content pack (tar of ``train/*.jpg``, ``val/*.png`` and ``manifest.json``) into memory."""
+    import tarfile
+
+    import cv2
+
+    try:
+        with tarfile.open(path, "r") as tar:
+            data = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except (OSError, tarfile.TarError) as exc:
+        raise ContentPackError(f"cannot read content pack {path}: {exc}") from exc
+    if PACK_MANIFEST not in data:
+        raise ContentPackError(f"{path}: no {PACK_MANIFEST}")
+    manifest = json.loads(data[PACK_MANIFEST])
+    if manifest.get("format") != PACK_FORMAT:
+        raise ContentPackError(f"{path}: format {manifest.get('format')!r}, expected {PACK_FORMAT!r}")
+    splits: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
+    for item in manifest["images"]:
+        if item["split"] not in splits or item["member"] not in data:
+            raise ContentPackError(f"{path}: bad manifest entry {item}")
+        bgr = cv2.imdecode(np.frombuffer(data[item["member"]], np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ContentPackError(f"{path}: cannot decode {item['member']}")
+        splits[item["split"]][item["name"]] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if set(splits["train"]) & set(splits["val"]):
+        raise ContentPackError(f"{path}: images in both splits: {sorted(set(splits['train']) & set(splits['val']))}")
+    return ContentPack(train=splits["train"], val=splits["val"], manifest=manifest)
+
+
+def add_content_pack(content: DefaultContent, pack: ContentPack, *, prefix: str = PACK_VAL_PREFIX) -> DefaultContent:
+    """``content`` plus the pack's training photos (each PACK_REPEATS times) and held-out photos (``prefix`` + name)."""
+    train = list(content.train)
+    names = list(content.train_names)
+    for name, image in sorted(pack.train.items()):
+        train.extend([image] * PACK_REPEATS)
+        names.append(f"pack:{name}")
+    val = dict(content.val)
+    for name, image in sorted(pack.val.items()):
+        if prefix + name in val:
+            raise ContentPackError(f"held-out name {prefix + name} exists twice")
+        val[prefix + name] = image
+    return DefaultContent(train=train, val=val, train_names=names)
+
+
+@dataclass(frozen=True)
+class PackImage:
+    """One photo to write into a content pack, with its provenance."""
+
+    name: str  # unique within the pack
+    split: str  # "train" or "val"
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    source: dict  # package, version, source file, author, licence, ...
+
+
+# Training photos are JPEG (small; 4:4:4 chroma), held-out photos PNG (lossless ground truth).
+PACK_JPEG_QUALITY = 94
+
+
+def write_content_pack(path: str | Path, images: list[PackImage], packages: Mapping[str, str]) -> dict:
+    """Write a content pack (the format :func:`load_content_pack` reads); returns its manifest.
+
+    Args:
+        images: the photos, already resized.
+        packages: package -> version the photos come from (recorded in the manifest).
+    """
+    import io
+    import tarfile
+
+    import cv2
+
+    manifest: dict = {"format": PACK_FORMAT, "packages": dict(packages), "images": []}
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0  # reproducible archive
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w") as tar:
+        for item in images:
+            bgr = cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR)
+            if item.split == "train":
+                params = [cv2.IMWRITE_JPEG_QUALITY, PACK_JPEG_QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                          cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+                suffix = ".jpg"
+            elif item.split == "val":
+                params, suffix = [cv2.IMWRITE_PNG_COMPRESSION, 9], ".png"
+            else:
+                raise ContentPackError(f"split must be train or val, got {item.split!r}")
+            ok, data = cv2.imencode(suffix, bgr, params)
+            if not ok:
+                raise ContentPackError(f"cannot encode {item.name}")
+            member = f"{item.split}/{item.name}{suffix}"
+            add(tar, member, data.tobytes())
+            manifest["images"].append({"name": item.name, "split": item.split, "member": member,
+                                       "size": [item.image.shape[1], item.image.shape[0]], **item.source})
+        add(tar, PACK_MANIFEST, json.dumps(manifest, indent=1).encode())
+    return manifest

@@ -230,3 +230,52 @@ def synthesize_haze(
     airlight = random_airlight(generator, config)
     hazy = apply_scattering(clear, transmission, airlight)
     return HazeSample(hazy=hazy, clear=clear, transmission=transmission, airlight=airlight, kind=kind)
+
+
+def drifting_haze(
+    clear: torch.Tensor,
+    generator: torch.Generator,
+    config: HazeConfig,
+    *,
+    drift_px_per_frame: tuple[float, float] = (1.5, 0.5),
+    cells: int = 3,
+) -> HazeSample:
+    """Non-homogeneous haze that drifts over a clip, for measuring flicker (no frame-to-frame jumps of its own).
+
+    One smooth ``beta`` field (as the ``nonhomogeneous`` kind) is drawn on a canvas larger than the frame and
+    each frame sees it shifted by ``drift_px_per_frame`` more (a wind-blown fog bank); a depth proxy from the
+    first frame (a static camera's scene) and one airlight hold for the whole clip.
+
+    Args:
+        clear: (T, 3, H, W) clean frames in [0, 1].
+        drift_px_per_frame: (dx, dy) of the haze field per frame, in px.
+        cells: coarsest noise cells on the short side of the frame.
+
+    Returns:
+        ``hazy`` and ``clear`` (T, 3, H, W), ``transmission`` (T, 1, H, W), one ``airlight`` (3,).
+    """
+    if clear.ndim != 4 or clear.shape[1] != 3 or clear.shape[0] < 1:
+        raise SyntheticHazeError(f"expected (T, 3, H, W) frames, got {tuple(clear.shape)}")
+    frames, _, h, w = clear.shape
+    dx, dy = drift_px_per_frame
+    margin_x, margin_y = math.ceil(abs(dx) * frames) + 2, math.ceil(abs(dy) * frames) + 2
+    field = smooth_noise(h + margin_y, w + margin_x, generator, cells=cells, octaves=config.noise_octaves)
+    lo, hi = config.nh_beta_range
+    depth = depth_proxy(clear[0].float(), generator, config)
+    mix = config.nh_depth_mix
+    transmissions = []
+    for t in range(frames):
+        # sub-pixel shift by bilinear sampling of the canvas (grid_sample in normalised coordinates)
+        ox = (margin_x - 1) / 2 + dx * (t - (frames - 1) / 2)
+        oy = (margin_y - 1) / 2 + dy * (t - (frames - 1) / 2)
+        ys = (torch.arange(h, dtype=torch.float32) + oy) / (h + margin_y - 1) * 2 - 1
+        xs = (torch.arange(w, dtype=torch.float32) + ox) / (w + margin_x - 1) * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        local = F.grid_sample(field, grid, mode="bilinear", align_corners=True)
+        optical = (lo + (hi - lo) * local) * ((1.0 - mix) + mix * depth)
+        transmissions.append(torch.exp(-optical).clamp(min=config.t_min, max=1.0).view(1, h, w))
+    transmission = torch.stack(transmissions)
+    airlight = random_airlight(generator, config)
+    hazy = apply_scattering(clear.float(), transmission, airlight)
+    return HazeSample(hazy=hazy, clear=clear.float(), transmission=transmission, airlight=airlight,
+                      kind="nonhomogeneous")

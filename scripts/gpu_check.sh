@@ -127,7 +127,9 @@ device, height, width, d_inner = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 dtype = "bfloat16" if device == "cuda" else "float32"  # the network runs the scan on bf16 inputs under autocast
 config = ScanBenchConfig(batch=1, directions=4, d_inner=d_inner, d_state=16, height=height, width=width,
                          repeats=5, device=device, dtype=dtype)
-names = [n for n, (ok, _) in available_backends(device).items() if ok and n != "reference"] + ["auto"]
+# Not the reference (sequential), nor triton on the CPU (the Triton interpreter, when switched on, times nothing real).
+skip = {"reference"} | ({"triton"} if device == "cpu" else set())
+names = [n for n, (ok, _) in available_backends(device).items() if ok and n not in skip] + ["auto"]
 results = run_scan_benchmark(config, names)
 print(format_scan_report(config, results))
 for r in results:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import threading
 import time
 from pathlib import Path
@@ -200,7 +201,10 @@ def _load_pipeline_fakes() -> Any:
     path = Path(__file__).resolve().parents[1] / "pipeline_fakes.py"
     spec = importlib.util.spec_from_file_location("serve_pipeline_fakes", path)
     assert spec is not None and spec.loader is not None
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses with string annotations look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
@@ -43,7 +42,6 @@ SAMPLE_CLIP = "sample_hazy.mp4"
 # The demo runs the CLIPHaze network at this resolution factor on a CPU (guided upsampling restores full
 # resolution; docs/performance.md), so the 100-frame sample takes minutes rather than a quarter of an hour.
 DEMO_CPU_SCALE = 0.5
-RTSP_SCHEMES = ("rtsp", "rtsps")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 JOB_LOGGER = "pipelines.job"  # its lines are user-facing notes too
 SERVE_LOGGERS = ("pipelines.serve.engine", "pipelines.serve.camera")  # camera starts, stops, restarts: notes too
@@ -246,20 +244,6 @@ def _plan_dehazer(
                        compile_mode)
 
 
-def _with_credentials(uri: str, user: str | None, password: str | None) -> str:
-    """Put RTSP credentials from options/env into an RTSP URL: the user when it has none, the password when
-    it names a user without one (``rtsp://admin@cam/x`` + ``CLIPHAZE_RTSP_PASSWORD``)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in RTSP_SCHEMES or parts.password is not None:
-        return uri
-    name = parts.username if parts.username is not None else (quote(user, safe="") if user else None)
-    if name is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[-1]
-    userinfo = name + (":" + quote(password, safe="") if password else "")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
-
-
 def _check_local_input(source: str) -> None:
     """Plain paths: fail fast with a clear line for missing files and directories."""
     from stream.uri import parse_source
@@ -373,8 +357,9 @@ def dehaze(app: AppContext, source: str, output: str | None, output_format: str 
     stop = threading.Event()
     _handle_signals(stop)
     from pipelines.config import GuidanceCacheConfig, PipelineConfig
+    from stream.uri import with_credentials
 
-    source = _with_credentials(source, rtsp_user, rtsp_password)
+    source = with_credentials(source, rtsp_user, rtsp_password)
     _check_local_input(source)
     if output is not None:
         _check_output_is_not_input(source, output, output_format)
@@ -587,9 +572,9 @@ def probe(app: AppContext, source: str, device: str, codec: str, rtsp_user: str 
     from pipelines.dehazers import choose_dehazer, resolve_device
     from stream.encoder import select_codec
     from stream.probe import probe as probe_source
-    from stream.uri import redact
+    from stream.uri import redact, with_credentials
 
-    source = _with_credentials(source, rtsp_user, rtsp_password)
+    source = with_credentials(source, rtsp_user, rtsp_password)
     _check_local_input(source)
     info = probe_source(source)
     rate = f"{float(info.fps):.3f} fps" if info.fps else "unknown rate"

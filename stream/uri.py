@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from stream.errors import BadUriError
 
@@ -244,3 +244,21 @@ def parse_sink(text: str | os.PathLike[str], fmt: str | None = None) -> SinkSpec
         raise BadUriError(f"unknown output extension {suffix or '(none)'!r}; use one of {sorted(SINK_FORMATS)}")
     kind = "segments" if "%" in Path(text).name and muxer != "hls" else "file"
     return SinkSpec(kind=kind, url=text, format=muxer)
+
+
+# URL schemes whose credentials cliphaze fills in from options or the environment (``with_credentials``).
+RTSP_SCHEMES = ("rtsp", "rtsps")
+
+
+def with_credentials(uri: str, user: str | None, password: str | None) -> str:
+    """Fill RTSP credentials into a URL: the user when it has none, the password when it names a user without
+    one (``rtsp://admin@cam/x`` + ``CLIPHAZE_RTSP_PASSWORD``). Other URLs are returned unchanged."""
+    parts = urlsplit(uri)
+    if parts.scheme not in RTSP_SCHEMES or parts.password is not None:
+        return uri
+    name = parts.username if parts.username is not None else (quote(user, safe="") if user else None)
+    if name is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[-1]
+    userinfo = name + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))

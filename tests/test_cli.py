@@ -210,6 +210,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = importlib.util.spec_from_file_location("pipeline_fakes", REPO / "tests" / "pipelines" / "pipeline_fakes.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
@@ -281,13 +282,13 @@ def test_password_never_printed() -> None:
 
 
 def test_rtsp_credentials_from_environment() -> None:
-    from cli import _with_credentials
+    from stream.uri import with_credentials
 
-    assert _with_credentials("rtsp://cam/x", "u", "p w") == "rtsp://u:p%20w@cam/x"
-    assert _with_credentials("rtsp://a:b@cam/x", "u", "p") == "rtsp://a:b@cam/x"
-    assert _with_credentials("/tmp/f.mp4", "u", "p") == "/tmp/f.mp4"
-    assert _with_credentials("rtsp://admin@cam:554/x", None, "s/cret") == "rtsp://admin:s%2Fcret@cam:554/x"
-    assert _with_credentials("rtsp://cam/x", None, "p") == "rtsp://cam/x"  # a password without a user: unchanged
+    assert with_credentials("rtsp://cam/x", "u", "p w") == "rtsp://u:p%20w@cam/x"
+    assert with_credentials("rtsp://a:b@cam/x", "u", "p") == "rtsp://a:b@cam/x"
+    assert with_credentials("/tmp/f.mp4", "u", "p") == "/tmp/f.mp4"
+    assert with_credentials("rtsp://admin@cam:554/x", None, "s/cret") == "rtsp://admin:s%2Fcret@cam:554/x"
+    assert with_credentials("rtsp://cam/x", None, "p") == "rtsp://cam/x"  # a password without a user: unchanged
     result = CliRunner().invoke(main, ["dehaze", "rtsp://127.0.0.1:9/cam", "-o", "x.mp4", "-q"],
                                 env={"CLIPHAZE_RTSP_PASSWORD": "zebra-pw", "CLIPHAZE_RTSP_USER": "op"})  # fmt: skip
     assert result.exit_code == 2 and "zebra-pw" not in result.output

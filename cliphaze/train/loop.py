@@ -124,6 +124,18 @@ def build_objects(model: ClipHazeNet, config: TrainConfig, device: torch.device)
                         scheduler=scheduler, scaler=scaler)
 
 
+def apply_gradients(objects: TrainObjects, model: torch.nn.Module, loss: torch.Tensor, grad_clip_norm: float) -> None:
+    """One optimizer step from ``loss``: backward through the (AMP) scaler, gradient clipping when
+    ``grad_clip_norm`` > 0, the step and the scaler update. The lr schedule and the EMA stay with the caller."""
+    objects.optimizer.zero_grad(set_to_none=True)
+    objects.scaler.scale(loss).backward()
+    if grad_clip_norm > 0:
+        objects.scaler.unscale_(objects.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    objects.scaler.step(objects.optimizer)
+    objects.scaler.update()
+
+
 def _center_crop(x: torch.Tensor, side: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
@@ -243,13 +255,7 @@ def train_network(
         if supervise_fields:
             loss = loss + scattering_field_loss(k, bb, batch["transmission"].to(device), batch["airlight"].to(device),
                                                 loss_weight=config.field_loss_weight)  # fmt: skip
-        objects.optimizer.zero_grad(set_to_none=True)
-        objects.scaler.scale(loss).backward()
-        if config.optim.grad_clip_norm > 0:
-            objects.scaler.unscale_(objects.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
-        objects.scaler.step(objects.optimizer)
-        objects.scaler.update()
+        apply_gradients(objects, model, loss, config.optim.grad_clip_norm)
         objects.scheduler.step()
         objects.ema.update(model)
         step += 1

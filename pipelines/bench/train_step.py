@@ -43,7 +43,7 @@ def measure_train_step(variant: str = "cliphaze-t", *, crop_px: int = 256, batch
     from cliphaze.model import reconstruct
     from cliphaze.preprocess import unit_to_model
     from cliphaze.train.config import TrainConfig
-    from cliphaze.train.loop import build_objects, resolve_amp
+    from cliphaze.train.loop import apply_gradients, build_objects, resolve_amp
 
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -69,13 +69,7 @@ def measure_train_step(variant: str = "cliphaze-t", *, crop_px: int = 256, batch
             k, bb = model.forward_fields(x, density, tokens)
             pred = reconstruct(x, k, bb)
         loss = loss_fn(pred.float(), unit_to_model(clear))
-        objects.optimizer.zero_grad(set_to_none=True)
-        objects.scaler.scale(loss).backward()
-        if config.optim.grad_clip_norm > 0:
-            objects.scaler.unscale_(objects.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
-        objects.scaler.step(objects.optimizer)
-        objects.scaler.update()
+        apply_gradients(objects, model, loss, config.optim.grad_clip_norm)
         objects.ema.update(model)
 
     is_cuda = dev.type == "cuda"

@@ -32,12 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from pipelines.config import PipelineConfigError
+from stream.uri import with_credentials
 
 MODELS = ("dcp", "none", "cliphaze")
-RTSP_SCHEMES = ("rtsp", "rtsps")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe in metric labels, URLs and file names
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 CAMERA_KEYS = frozenset({"name", "source", "sink", "format", "model", "weights", "scale", "guidance_every",
@@ -80,20 +79,6 @@ class ServeConfig:
 
     def by_name(self) -> dict[str, CameraConfig]:
         return {camera.name: camera for camera in self.cameras}
-
-
-def with_credentials(uri: str, user: str | None, password: str | None) -> str:
-    """Fill RTSP credentials into a URL: the user when it has none, the password when it names a user without
-    one (``rtsp://admin@cam/x`` + ``CLIPHAZE_RTSP_PASSWORD``). Other URLs are returned unchanged."""
-    parts = urlsplit(uri)
-    if parts.scheme not in RTSP_SCHEMES or parts.password is not None:
-        return uri
-    name = parts.username if parts.username is not None else (quote(user, safe="") if user else None)
-    if name is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[-1]
-    userinfo = name + (":" + quote(password, safe="") if password else "")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
 def _expand_env(text: str, where: str, env: Mapping[str, str]) -> str:

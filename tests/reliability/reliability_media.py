@@ -103,6 +103,7 @@ def load_pipeline_fakes() -> ModuleType:
     spec = importlib.util.spec_from_file_location("pipeline_fakes", REPO / "tests" / "pipelines" / "pipeline_fakes.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

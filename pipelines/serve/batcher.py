@@ -105,8 +105,10 @@ class CrossCameraBatcher:
         self._pending: deque[_Request] = deque()
         self._cameras: set[str] = set()
         self._guidance_lock = threading.Lock()  # encode_guidance calls of different cameras take turns
-        self._restore_lock = threading.Lock()  # a warm-up and a batch never run at once
         self._warmed: set[tuple[int, int, float]] = set()  # (height, width, scale) already warmed up
+        # Warm-ups run on the batcher's thread: a CLIPHaze dehazer keeps its CUDA graphs per thread, and the
+        # batches replay them on this one.
+        self._warm_ups: deque[tuple[tuple[int, int, float], Future[bool]]] = deque()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.name}", daemon=True)
         self._thread.start()
@@ -160,15 +162,24 @@ class CrossCameraBatcher:
         ``max_batch``: how many cameras' frames meet varies), once per size. Dehazers without ``warm_up``
         (dcp, none, or a CLIPHaze build without CUDA graphs) have nothing to do. True when something was done.
         """
-        warm = getattr(self.dehazer, "warm_up", None)
-        key = (height, width, scale)
-        if warm is None or key in self._warmed:
+        if getattr(self.dehazer, "warm_up", None) is None:
             return False
-        with self._restore_lock:
-            if key in self._warmed:
+        done: Future[bool] = Future()
+        with self._lock:
+            if self._stop:
                 return False
-            did = [bool(warm(n, height, width, scale=scale)) for n in range(1, self.config.max_batch + 1)]
-            self._warmed.add(key)
+            self._warm_ups.append(((height, width, scale), done))
+            self._lock.notify_all()
+        return done.result()
+
+    def _warm_up_now(self, key: tuple[int, int, float]) -> bool:
+        """On the batcher thread: every batch size of ``key``'s frame size, once per size."""
+        if key in self._warmed:
+            return False
+        height, width, scale = key
+        warm = self.dehazer.warm_up  # type: ignore[attr-defined]
+        did = [bool(warm(n, height, width, scale=scale)) for n in range(1, self.config.max_batch + 1)]
+        self._warmed.add(key)
         return any(did)
 
     def close(self) -> None:
@@ -184,6 +195,8 @@ class CrossCameraBatcher:
         """The next batch: the oldest request plus compatible ones, after waiting at most ``max_wait_ms``."""
         with self._lock:
             while not self._pending:
+                if self._warm_ups:
+                    return []  # the loop runs the warm-ups first
                 if self._stop:
                     return None
                 self._lock.wait(IDLE_POLL_S)
@@ -230,14 +243,27 @@ class CrossCameraBatcher:
             self.counters.frames += start
             self.counters.largest = max(self.counters.largest, start)
 
+    def _run_warm_ups(self) -> None:
+        while True:
+            with self._lock:
+                if not self._warm_ups:
+                    return
+                key, done = self._warm_ups.popleft()
+            try:
+                done.set_result(self._warm_up_now(key))
+            except Exception as exc:  # worker-thread boundary: the camera that asked gets the error
+                done.set_exception(exc)
+
     def _loop(self) -> None:
         while True:
+            self._run_warm_ups()
             batch = self._take()
             if batch is None:
                 return
+            if not batch:
+                continue
             try:
-                with self._restore_lock:
-                    self._run(batch)
+                self._run(batch)
             except Exception as exc:  # worker-thread boundary: the cameras of this call get the error
                 with self._lock:
                     self.counters.failures += 1

@@ -214,9 +214,11 @@ def test_warm_up_covers_every_batch_size_once_per_frame_size() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.warmed: list[tuple[int, int, int, float]] = []
+            self.threads: set[str] = set()
 
         def warm_up(self, batch: int, height: int, width: int, *, scale: float = 1.0) -> bool:
             self.warmed.append((batch, height, width, scale))
+            self.threads.add(threading.current_thread().name)
             return True
 
     dehazer = Warm()
@@ -224,6 +226,8 @@ def test_warm_up_covers_every_batch_size_once_per_frame_size() -> None:
     a, b = batcher.attach("a"), batcher.attach("b")
     assert a.warm_up(1, 72, 96, scale=0.5) and not b.warm_up(1, 72, 96, scale=0.5)  # the second camera: done
     assert dehazer.warmed == [(1, 72, 96, 0.5), (2, 72, 96, 0.5), (3, 72, 96, 0.5)]
+    # On the batcher's own thread, where the batches run: CLIPHaze keeps its CUDA graphs per thread.
+    assert dehazer.threads == {f"batcher-{batcher.name}"}
     plain = CrossCameraBatcher(_Slow(), BatchConfig())
     assert not plain.warm_up(72, 96, 1.0)  # nothing to warm up
     plain.close()

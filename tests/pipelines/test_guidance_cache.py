@@ -11,7 +11,7 @@ from pipeline_fakes import CountingDehazer, ListSink, ListSource, make_frames
 
 from cliphaze.guidance_types import Guidance
 from pipelines.config import GuidanceCacheConfig, PipelineConfig
-from pipelines.cuda_streams import CpuStreams, create_streams
+from pipelines.cuda_streams import CpuStreams, DoneMarker, create_streams
 from pipelines.guidance_cache import GuidanceCache, densities_to_host
 from pipelines.runner import run
 
@@ -115,20 +115,11 @@ def test_batched_guidance_is_concatenated_per_frame() -> None:
     assert torch.equal(rows[0], rows[1]) and torch.equal(rows[2], rows[3]) and not torch.equal(rows[1], rows[2])
 
 
-class _Launched:
+class _Launched(DoneMarker):
     """Marker of a fake stream: covers the work launched before it was recorded, like a CUDA event."""
 
     def __init__(self, log: list[str]) -> None:
         self.covers = list(log)
-
-    def done(self) -> bool:
-        return True
-
-    def wait(self) -> None:
-        return None
-
-    def synchronize(self) -> None:
-        return None
 
 
 class _LoggingStreams(CpuStreams):

@@ -162,17 +162,21 @@ class FrameSource:
 
     @property
     def stats(self) -> SourceStats:
+        # The queue's counters first, under the queue's own lock and not ours: the reader holds the queue's
+        # lock while it waits in ``put`` and beats our heartbeat (ours inside it); taking them the other way
+        # round deadlocked a reader against the engine's stats reads.
+        depth, drops = len(self._queue), self._queue.drops
         with self._lock:
             return SourceStats(
                 state=self._state,
                 frames=self._frames,
                 decoded=self._decoded,
-                drops=self._queue.drops,
+                drops=drops,
                 reconnects=self._reconnects,
                 stalls=self._stalls,
                 corrupt_packets=self._corrupt,
                 last_reason=self._reason,
-                queue_depth=len(self._queue),
+                queue_depth=depth,
             )
 
     def __iter__(self) -> Iterator[Frame]:

@@ -227,3 +227,18 @@ def test_file_mode_is_lossless_with_backpressure() -> None:
             got.append(frame.pts)
         assert got == [i * STEP for i in range(30)]
         assert src.stats.drops == 0 and src.end is not None and src.end.reason == "eof"
+
+
+def test_stats_never_holds_the_source_lock_while_waiting_for_the_queue() -> None:
+    """The reader holds the queue's lock while it waits in ``put`` and beats the source's heartbeat (the source's
+    lock inside it); ``stats`` (the engine reads it every frame) must not take the two the other way round.
+    It did, and a 4-camera serve run froze for good."""
+    src = FrameSource(parse_source("clip.mp4"), _live(live_queue_size=2))
+    stats_read, beaten = threading.Event(), threading.Event()
+    with src._queue._cond:  # the reader inside put, the queue full
+        threading.Thread(target=lambda: (src.stats, stats_read.set()), daemon=True).start()
+        time.sleep(0.1)  # stats is at the queue's lock by now
+        threading.Thread(target=lambda: (src._beat(), beaten.set()), daemon=True).start()
+        heartbeat_went_through = beaten.wait(2.0)
+    assert heartbeat_went_through  # with the old order: stats holds the source lock, the heartbeat waits on it
+    assert stats_read.wait(2.0)

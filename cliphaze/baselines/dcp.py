@@ -180,14 +180,14 @@ class DarkChannelDehazer:
             out[i] = state
         return out
 
-    def _working_image(self, frames: torch.Tensor, scale: float) -> tuple[torch.Tensor, int]:
-        """The frame at the working resolution, (N, 3, H // sub, W // sub) float in [0, 255], and ``sub``."""
-        sub = self._subsample(frames.shape[1], scale)
-        kernels = self._cpu_kernels()
-        if kernels is not None and sub > 1:
-            return dcp_cpu.block_mean(kernels, frames, sub).permute(0, 3, 1, 2), sub
-        planar = frames.permute(0, 3, 1, 2).float()
-        return (F.avg_pool2d(planar, sub) if sub > 1 else planar), sub
+    def _airlight_of(self, small: torch.Tensor, dark: torch.Tensor, *, smooth: bool,
+                  streams: Sequence[Hashable] | None) -> torch.Tensor:  # fmt: skip
+        """(N, 3) airlight in [0, 255] of (N, 3, h, w) working images and their dark channel; EMA when ``smooth``."""
+        cfg = self.config
+        airlight = estimate_airlight(small, dark, cfg.top_fraction)
+        if smooth:
+            airlight = self._smooth_airlight(airlight, streams)
+        return airlight.clamp(cfg.airlight_min * PIXEL_MAX, PIXEL_MAX)
 
     def _estimate(self, frames: torch.Tensor, scale: float, *, smooth: bool,
                   streams: Sequence[Hashable] | None = None) -> _Estimate:  # fmt: skip
@@ -200,18 +200,24 @@ class DarkChannelDehazer:
             streams: stream id of each frame (one EMA per id); None: one stream.
         """
         cfg = self.config
-        small, sub = self._working_image(frames, scale)
+        sub = self._subsample(frames.shape[1], scale)
         patch = _odd_at_least_3(cfg.patch_px / sub)
-        dark = dark_channel(small, patch)
-        airlight = estimate_airlight(small, dark, cfg.top_fraction)
-        if smooth:
-            airlight = self._smooth_airlight(airlight, streams)
-        airlight = airlight.clamp(cfg.airlight_min * PIXEL_MAX, PIXEL_MAX)
+        radius = max(1, round(cfg.guide_radius_px / sub))
+        eps = cfg.guide_eps * PIXEL_MAX**2  # eps is in squared guide units
+        kernels = self._cpu_kernels()
+        if kernels is not None:  # the same steps as below, as two numba kernels around the airlight's top-k
+            small = dcp_cpu.block_mean(kernels, frames, sub) if sub > 1 else frames.float()  # (N, h, w, 3)
+            dark = dcp_cpu.dark_channel(kernels, small, patch)
+            airlight = self._airlight_of(small.permute(0, 3, 1, 2), dark, smooth=smooth, streams=streams)
+            mean_a, mean_b, grey = dcp_cpu.guided(kernels, small, airlight, omega=cfg.omega, patch=patch,
+                                                  luma=LUMA_WEIGHTS, radius=radius, eps=eps)  # fmt: skip
+            return _Estimate(mean_a=mean_a, mean_b=mean_b, airlight=airlight, grey=grey)
+        planar = frames.permute(0, 3, 1, 2).float()
+        small = F.avg_pool2d(planar, sub) if sub > 1 else planar  # (N, 3, h, w) in [0, 255]
+        airlight = self._airlight_of(small, dark_channel(small, patch), smooth=smooth, streams=streams)
         t_raw = 1.0 - cfg.omega * dark_channel(small / airlight[:, :, None, None], patch)
         weights = device_constant(LUMA_WEIGHTS, small.device, small.dtype)  # no per-frame upload
         grey = torch.einsum("nchw,c->nhw", small, weights).unsqueeze(1)  # (N, 1, h, w) in [0, 255]
-        radius = max(1, round(cfg.guide_radius_px / sub))
-        eps = cfg.guide_eps * PIXEL_MAX**2  # eps is in squared guide units
         mean_a, mean_b = guided_filter_coefficients(grey, t_raw, radius, eps)
         return _Estimate(mean_a=mean_a, mean_b=mean_b, airlight=airlight, grey=grey)
 

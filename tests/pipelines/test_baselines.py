@@ -164,3 +164,26 @@ def test_guided_filter_reproduces_a_linear_function_of_the_guide() -> None:
     assert torch.allclose(coef_a * guide + coef_b, 0.002 * guide + 0.3, atol=1e-4)
     flat_a, flat_b = guided_filter_coefficients(guide, torch.full_like(guide, 0.7), radius=50, eps=1.0)
     assert flat_a.abs().max() < 1e-6 and torch.allclose(flat_b, torch.full_like(flat_b, 0.7))  # radius cut to fit
+
+
+@pytest.mark.parametrize("shape", [(2, 45, 80), (1, 7, 5), (3, 2, 30)])  # radius cut to the image on the small ones
+def test_dcp_estimate_kernels_match_the_torch_steps(shape: tuple[int, int, int]) -> None:
+    kernels = dcp_cpu.get_kernels()
+    assert kernels is not None
+    n, h, w = shape
+    generator = torch.Generator().manual_seed(h * w)
+    ramp = torch.linspace(0.0, 150.0, w)[None, None, :, None]  # haze-like structure: t follows the grey level
+    small = torch.rand(n, h, w, 3, generator=generator) * 60 + 40 + ramp  # (N, h, w, 3) as block_mean gives it
+    planar = small.permute(0, 3, 1, 2)
+    assert torch.equal(dcp_cpu.dark_channel(kernels, small, 9), dark_channel(planar, 9))  # exact: same top-k
+    airlight = torch.tensor([[220.0, 230.0, 240.0]]).repeat(n, 1) - torch.arange(n)[:, None]
+    luma = (0.299, 0.587, 0.114)
+    mean_a, mean_b, grey = dcp_cpu.guided(kernels, small, airlight, omega=0.95, patch=5, luma=luma, radius=6, eps=65.0)
+    want_grey = torch.einsum("nchw,c->nhw", planar, torch.tensor(luma)).unsqueeze(1)
+    t_raw = 1.0 - 0.95 * dark_channel(planar / airlight[:, :, None, None], 5)
+    want_a, want_b = guided_filter_coefficients(want_grey, t_raw, 6, 65.0)
+    assert mean_a.shape == mean_b.shape == grey.shape == (n, 1, h, w)
+    assert torch.allclose(grey, want_grey, atol=1e-3)
+    assert want_a.abs().max() > 2e-4  # the fields are not trivially flat (|a| <= 1 / 255 here)
+    assert (mean_a - want_a).abs().max() <= 1e-3 * want_a.abs().max()
+    assert (mean_b - want_b).abs().max() <= 1e-3 * want_b.abs().max()

@@ -11,7 +11,8 @@ restarting an actor that dies. We add only the serving policy:
   on another one when its node is gone). Every actor has an incarnation id; the head polls the actors,
   and when one answers with a new incarnation it hands it its cameras again, which resume.
 - **One view.** The head (the process that ran the command) serves ``/healthz``, ``/cameras`` (every
-  camera, with its actor, node and pid) and ``/metrics`` for the whole cluster, from the actors' snapshots.
+  camera, with its actor, node and pid) and ``/metrics`` (the latency histograms included) for the whole
+  cluster, from the actors' snapshots.
 
 ``--ray local`` starts a private Ray instance on this machine (tests, trying it out); ``auto`` or an
 address joins a running cluster (``ray start --head`` on the head node).
@@ -31,6 +32,7 @@ from typing import Any
 
 from pipelines.serve.config import CameraConfig, ServeConfig, ServeConfigError, load_config
 from pipelines.serve.engine import LOOP_POLL_S, ServeEngine, ServeOptions
+from pipelines.serve.metrics import LatencyCounts
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class ServeActorImpl:
 
         return {"incarnation": self.incarnation, "pid": self.pid, "node": ray.get_runtime_context().get_node_id(),
                 "healthy": self.engine.healthy(), "cameras": self.engine.cameras(),
-                "batchers": self.engine.batchers()}  # fmt: skip
+                "batchers": self.engine.batchers(), "latency": self.engine.metrics.latency.snapshot()}  # fmt: skip
 
     def stop(self) -> list[dict[str, Any]]:
         self.engine.stop()
@@ -245,6 +247,10 @@ class RayServe:
         return [{**b, "model": f"{b['model']}@{a.index}"} for a in self.actors if a.status
                 for b in a.status["batchers"]]  # fmt: skip
 
+    def latency(self) -> dict[str, LatencyCounts]:
+        """Every camera's latency histogram, from the actors' last answers."""
+        return {name: counts for a in self.actors if a.status for name, counts in a.status["latency"].items()}
+
     def healthy(self) -> bool:
         return all(a.status is not None and a.status["healthy"] for a in self.actors)
 
@@ -283,7 +289,7 @@ def serve_on_ray(path: Path, options: ServeOptions, stop: threading.Event, reloa
     head = RayServe(options, address=address, actors=actors)
     http = None
     try:
-        metrics = ServeMetrics(head.cameras, head.batchers)
+        metrics = ServeMetrics(head.cameras, head.batchers, head.latency)
         if options.http_port is not None:
             http = StatusServer(StatusProvider(head.cameras, head.healthy, metrics.text), options.http_port,
                                 options.http_addr)  # fmt: skip

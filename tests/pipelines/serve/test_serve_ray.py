@@ -77,6 +77,7 @@ def test_local_ray_cluster_two_actors_one_killed_cameras_come_back(four_cameras:
                 assert camera["pid"] == before[name]["pid"] and camera["frames_out"] > before[name]["frames_out"]
         metrics = get_text(port, "/metrics")  # the head's view of the whole cluster
         assert all(f'cliphaze_camera_frames_out_total{{camera="{n}"}}' in metrics for n in outputs)
+        assert all(f'cliphaze_camera_latency_ms_bucket{{camera="{n}",le="+Inf"}}' in metrics for n in outputs)
         # SIGHUP on the head: c3 removed; its actor stops it, every other camera goes on in its process
         write_config(config, {n: (four_cameras[i].url, outputs[n]) for i, n in enumerate(outputs) if n != "c3"})
         proc.send_signal(signal.SIGHUP)

@@ -5,6 +5,9 @@ restarting an actor that dies. We add only the serving policy:
 
 - **Placement.** One serving actor per GPU (``num_gpus=1``), or one per node on CPU-only nodes, each
   pinned softly to its node (it may move when the node is gone). ``--ray-actors N`` overrides the count.
+  The actors reserve no CPU: a CPU actor uses its node's cores anyway (decode, encode, dehaze), and a
+  reservation would only keep an actor whose node is gone from being restarted on a node that already
+  serves. The rules are in :mod:`pipelines.serve.ray_plan`.
 - **Spread by load.** Each camera costs its model's weight (a CLIPHaze camera costs more than a dcp one);
   a new camera goes to the least-loaded actor, and a camera stays on its actor across reloads.
 - **Restart.** Actors are created with ``max_restarts=-1``: Ray restarts a dead actor (on the same node, or
@@ -26,13 +29,13 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.serve.config import CameraConfig, ServeConfig, ServeConfigError, load_config
 from pipelines.serve.engine import LOOP_POLL_S, ServeEngine, ServeOptions
 from pipelines.serve.metrics import LatencyCounts
+from pipelines.serve.ray_plan import ActorRecord, plan_actors, spread
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ POLL_S = 1.0  # how often the head asks every actor for its status
 CALL_TIMEOUT_S = 10.0  # a status call slower than this counts the actor as away
 JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once
 STOP_TIMEOUT_S = 60.0  # longest wait for the actors to drain and finalize on shutdown
-MODEL_WEIGHT = {"none": 0.2, "dcp": 1.0, "cliphaze": 4.0}  # relative cost of one camera, for spreading
 
 
 class RayUnavailable(ServeConfigError):
@@ -108,52 +110,6 @@ class ServeActorImpl:
         return list(self.engine.final.values())
 
 
-@dataclass
-class _Actor:
-    """The head's record of one serving actor."""
-
-    index: int
-    handle: Any
-    cameras: dict[str, CameraConfig]  # assigned to it
-    incarnation: str = ""  # of the instance that got ``cameras``; a new one gets them again
-    status: dict[str, Any] | None = None  # last answer (None: away)
-
-    @property
-    def load(self) -> float:
-        return sum(MODEL_WEIGHT.get(c.model, 1.0) for c in self.cameras.values())
-
-
-def plan_actors(nodes: list[dict[str, Any]], requested: int | None) -> list[tuple[str | None, bool]]:
-    """(node id, uses a GPU) per actor: one per GPU, else one per CPU node; ``requested`` overrides the count.
-
-    Args:
-        nodes: ``ray.nodes()`` entries (``Alive``, ``NodeID``, ``Resources``).
-        requested: actor count from ``--ray-actors`` (spread round-robin over the slots found).
-    """
-    slots: list[tuple[str | None, bool]] = []
-    for node in nodes:
-        if not node.get("Alive"):
-            continue
-        gpus = int(node.get("Resources", {}).get("GPU", 0))
-        slots += [(node["NodeID"], True)] * gpus if gpus else [(node["NodeID"], False)]
-    if not slots:
-        raise RayUnavailable("the Ray cluster has no alive nodes")
-    if requested is None:
-        return slots
-    return [slots[i % len(slots)] for i in range(requested)]
-
-
-def spread(cameras: tuple[CameraConfig, ...], actors: list[_Actor]) -> None:
-    """Assign cameras that no actor has yet to the least-loaded actors; drop cameras no longer wanted."""
-    wanted = {c.name: c for c in cameras}
-    for actor in actors:
-        actor.cameras = {n: wanted[n] for n in actor.cameras if n in wanted}  # changed settings follow the name
-    placed = {n for a in actors for n in a.cameras}
-    new = sorted((c for c in cameras if c.name not in placed), key=lambda c: -MODEL_WEIGHT.get(c.model, 1.0))
-    for camera in new:
-        min(actors, key=lambda a: (a.load, a.index)).cameras[camera.name] = camera
-
-
 class RayServe:
     """The head: creates the actors, hands out cameras, watches incarnations, aggregates status."""
 
@@ -182,14 +138,17 @@ class RayServe:
                                      exit_when_done=False)  # fmt: skip
         remote = ray.remote(max_restarts=-1, max_task_retries=0)(ServeActorImpl)
         self._lock = threading.Lock()
-        self.actors: list[_Actor] = []
-        for index, (node, gpu) in enumerate(plan_actors(ray.nodes(), actors)):
-            strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
-            handle = remote.options(name=f"cliphaze-serve-{index}-{uuid.uuid4().hex[:6]}", num_gpus=1 if gpu else 0,
-                                    num_cpus=1, scheduling_strategy=strategy).remote(actor_options, index)  # fmt: skip
-            self.actors.append(_Actor(index, handle, {}))
+        self.actors: list[ActorRecord] = []
+        for index, slot in enumerate(plan_actors(ray.nodes(), actors)):
+            # num_cpus=0: a CPU actor uses its node's cores anyway; reserving one would keep an actor whose node
+            # is gone from restarting on a node that already serves (Ray would leave it pending)
+            strategy = NodeAffinitySchedulingStrategy(slot.node, soft=True)
+            handle = remote.options(name=f"cliphaze-serve-{index}-{uuid.uuid4().hex[:6]}", num_cpus=0,
+                                    num_gpus=1 if slot.gpu else 0, scheduling_strategy=strategy
+                                    ).remote(actor_options, index)  # fmt: skip
+            self.actors.append(ActorRecord(index, slot, handle, {}))
         logger.warning("Ray: %d serving actor(s) on %d node(s)", len(self.actors),
-                       len({n for n, _ in plan_actors(ray.nodes(), None)}))  # fmt: skip
+                       len({a.slot.node for a in self.actors}))  # fmt: skip
 
     def apply(self, config: ServeConfig) -> None:
         with self._lock:

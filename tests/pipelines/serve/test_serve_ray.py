@@ -22,7 +22,7 @@ from serve_helpers import (
 )
 
 from pipelines.serve.config import CameraConfig
-from pipelines.serve.ray_cluster import _Actor, plan_actors, spread
+from pipelines.serve.ray_plan import ActorRecord, NoServingNodes, Slot, plan_actors, spread
 
 RAY_START_S = 120.0  # Ray's own processes plus two actors importing torch, on 2 shared cores
 
@@ -30,13 +30,17 @@ RAY_START_S = 120.0  # Ray's own processes plus two actors importing torch, on 2
 def test_one_actor_per_gpu_else_per_node() -> None:
     nodes = [{"Alive": True, "NodeID": "gpu-node", "Resources": {"CPU": 32, "GPU": 2}},
              {"Alive": True, "NodeID": "cpu-node", "Resources": {"CPU": 16}},
+             {"Alive": True, "NodeID": "head", "Resources": {"memory": 1e9}},  # ray start --head --num-cpus 0
              {"Alive": False, "NodeID": "dead-node", "Resources": {"CPU": 16, "GPU": 8}}]  # fmt: skip
-    assert plan_actors(nodes, None) == [("gpu-node", True), ("gpu-node", True), ("cpu-node", False)]
-    assert plan_actors(nodes[1:2], 2) == [("cpu-node", False), ("cpu-node", False)]
+    gpu, cpu = Slot("gpu-node", True), Slot("cpu-node", False)
+    assert plan_actors(nodes, None) == [gpu, gpu, cpu]
+    assert plan_actors(nodes[1:2], 2) == [cpu, cpu]
+    with pytest.raises(NoServingNodes, match="no alive node"):
+        plan_actors(nodes[2:], None)
 
 
 def test_cameras_are_spread_by_load_and_stay_on_their_actor() -> None:
-    actors = [_Actor(0, None, {}), _Actor(1, None, {})]
+    actors = [ActorRecord(0, Slot("n0", False), None, {}), ActorRecord(1, Slot("n1", False), None, {})]
     cams = tuple(CameraConfig(f"c{i}", f"rtsp://cam/{i}", f"{i}.mkv") for i in range(4))
     heavy = CameraConfig("big", "rtsp://cam/big", "big.mkv", model="cliphaze")
     spread((heavy, *cams), actors)

@@ -122,10 +122,9 @@ class RayServe:
         # ray.init installs its own SIGTERM/SIGINT handlers in this process (they abort it); ours drain first
         ours = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if address == "local":
-                ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-            else:
-                ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            # "local" said explicitly: without an address ray.init joins any Ray it finds on this machine
+            # (RAY_ADDRESS, or the last `ray start`), which is not the private instance --ray local promises
+            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RayUnavailable(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from exc
         finally:

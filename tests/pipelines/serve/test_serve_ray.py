@@ -62,7 +62,8 @@ def test_local_ray_cluster_two_actors_one_killed_cameras_come_back(four_cameras:
     config = write_config(tmp_path / "cams.yaml", {n: (four_cameras[i].url, outputs[n]) for i, n in
                                                    enumerate(outputs)})  # fmt: skip
     port, log = free_port(), tmp_path / "serve.log"
-    proc = start_serve(config, port, log, "--ray", "local", "--ray-actors", "2")
+    # --ray local is a private instance: an address in the environment (nothing listens there) is not joined
+    proc = start_serve(config, port, log, "--ray", "local", "--ray-actors", "2", env={"RAY_ADDRESS": "127.0.0.1:9"})
     try:
         wait_for(proc, log, lambda: len(c := cameras(port)) == 4 and all(x["frames_out"] > 25 for x in c.values()),
                  "4 cameras on 2 actors", RAY_START_S)  # fmt: skip

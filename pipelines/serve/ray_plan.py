@@ -2,12 +2,17 @@
 
 - **Slots.** A node holds one serving actor per GPU, or one in all when it has CPUs but no GPU; a dead node,
   or one with neither (a head started with ``ray start --head --num-cpus 0`` to keep work off it), holds none.
-- **Spread by load.** Each camera costs its model's weight; a new camera goes to the least-loaded actor, and a
-  camera stays on its actor across reloads and restarts: moving it would cut its output.
+- **Scale-out.** Unless ``--ray-actors`` fixed the count, a node that is alive and has fewer actors planned
+  on it than it has slots (it joined after the start, or came back: a restarted raylet is a new node id) gets
+  actors for the difference. An actor keeps the node it was planned on even when Ray restarted it elsewhere,
+  so such a move is not counted twice.
+- **Spread by load.** Each camera costs its model's weight; a new camera goes to the least-loaded actor (a new,
+  empty one first), and a camera stays on its actor across reloads and restarts: moving it would cut its output.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +76,24 @@ def plan_actors(nodes: list[dict[str, Any]], requested: int | None) -> list[Slot
     if requested is None:
         return slots
     return [slots[i % len(slots)] for i in range(requested)]
+
+
+def plan_new_actors(nodes: list[dict[str, Any]], planned: list[Slot], requested: int | None) -> list[Slot]:
+    """Slots of alive nodes beyond the actors already planned on them (see module docstring).
+
+    Args:
+        nodes: ``ray.nodes()`` entries now.
+        planned: the slot of every actor the head has (alive, restarting or moved).
+        requested: ``--ray-actors``; a count given there is kept (no new actors).
+    """
+    if requested is not None:
+        return []
+    have = Counter(slot.node for slot in planned)
+    new: list[Slot] = []
+    for node in nodes:
+        slots = node_slots(node)
+        new += slots[have[node["NodeID"]]:]
+    return new
 
 
 def spread(cameras: tuple[CameraConfig, ...], actors: list[ActorRecord]) -> None:

@@ -5,9 +5,9 @@ restarting an actor that dies. We add only the serving policy:
 
 - **Placement.** One serving actor per GPU (``num_gpus=1``), or one per node on CPU-only nodes, each
   pinned softly to its node (it may move when the node is gone). ``--ray-actors N`` overrides the count.
-  The actors reserve no CPU: a CPU actor uses its node's cores anyway (decode, encode, dehaze), and a
-  reservation would only keep an actor whose node is gone from being restarted on a node that already
-  serves. The rules are in :mod:`pipelines.serve.ray_plan`.
+  The actors reserve a token ``ACTOR_CPUS`` of a CPU, not a whole one: a CPU actor uses its node's cores
+  anyway (decode, encode, dehaze), and a whole CPU would keep an actor whose node is gone from being
+  restarted on a node that already serves. The rules are in :mod:`pipelines.serve.ray_plan`.
 - **Scale-out.** Without ``--ray-actors``, the head checks the nodes every few seconds; a node that joined
   (or came back) gets its actors, and new cameras (a reload) go to the least-loaded actor, so to them.
   Running cameras are not moved: that would cut their output.
@@ -50,6 +50,9 @@ CALL_TIMEOUT_S = 10.0  # a status call unanswered this long counts the actor as 
 NODE_CHECK_S = 5.0  # how often the head looks for nodes that have no actor yet (scale-out)
 JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once
 STOP_TIMEOUT_S = 60.0  # longest wait for the actors to drain and finalize on shutdown
+# CPU an actor reserves: not 0, or Ray sends the creation to a random node and ignores the node affinity
+# (seen with Ray 2.60); not 1, or an actor whose node is gone stays pending on survivors whose CPUs are taken
+ACTOR_CPUS = 0.01
 
 
 class RayUnavailable(ServeConfigError):
@@ -156,9 +159,7 @@ class RayServe:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         index = len(self.actors)
-        # num_cpus=0: a CPU actor uses its node's cores anyway; reserving one would keep an actor whose node
-        # is gone from restarting on a node that already serves (Ray would leave it pending)
-        handle = self._remote.options(name=f"cliphaze-serve-{index}-{uuid.uuid4().hex[:6]}", num_cpus=0,
+        handle = self._remote.options(name=f"cliphaze-serve-{index}-{uuid.uuid4().hex[:6]}", num_cpus=ACTOR_CPUS,
                                       num_gpus=1 if slot.gpu else 0,
                                       scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node, soft=True)
                                       ).remote(self._actor_options, index)  # fmt: skip

@@ -50,8 +50,8 @@ CALL_TIMEOUT_S = 10.0  # a status call unanswered this long counts the actor as 
 NODE_CHECK_S = 5.0  # how often the head looks for nodes that have no actor yet (scale-out)
 JOIN_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect within this is reported at once
 STOP_TIMEOUT_S = 60.0  # longest wait for the actors to drain and finalize on shutdown
-# CPU an actor reserves: not 0, or Ray sends the creation to a random node and ignores the node affinity
-# (seen with Ray 2.60); not 1, or an actor whose node is gone stays pending on survivors whose CPUs are taken
+# CPU an actor reserves: not 0 (with Ray 2.60 an actor that asks for no resource ignored its soft node affinity
+# and landed on any node); not 1 (an actor whose node is gone stays pending on survivors whose CPUs are taken)
 ACTOR_CPUS = 0.01
 
 
@@ -278,9 +278,11 @@ class RayServe:
         ray = self._ray
         final: list[dict[str, Any]] = []
         refs = [a.handle.stop.remote() for a in self.actors]
+        # one deadline for all: each actor that cannot drain (its node gone, no GPU free for it) must not add one
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for actor, ref in zip(self.actors, refs):
             try:
-                final += ray.get(ref, timeout=STOP_TIMEOUT_S)
+                final += ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 logger.error("Ray actor %d did not drain: %s", actor.index, type(exc).__name__)
             ray.kill(actor.handle, no_restart=True)

@@ -264,7 +264,8 @@ class RayServe:
         """Every actor with cameras answers and is healthy (an empty one still starting does not count)."""
         actors = list(self.actors)
         return any(a.status for a in actors) and all(
-            a.status is not None and a.status["healthy"] for a in actors if a.cameras)
+            a.status is not None and a.status["healthy"] for a in actors if a.cameras
+        )
 
     def actor_table(self) -> dict[str, Any]:
         """``/healthz``'s ``actors``: each actor's planned node, where it runs now, and its cameras."""

@@ -92,7 +92,7 @@ def plan_new_actors(nodes: list[dict[str, Any]], planned: list[Slot], requested:
     new: list[Slot] = []
     for node in nodes:
         slots = node_slots(node)
-        new += slots[have[node["NodeID"]]:]
+        new += slots[have[node["NodeID"]] :]
     return new
 
 

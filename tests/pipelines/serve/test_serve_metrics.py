@@ -12,7 +12,7 @@ def _frame(latency_ms: float) -> FrameDone:
 
 
 def test_latency_histogram_counts_each_frame_in_its_bucket() -> None:
-    metrics = ServeMetrics(lambda: [], lambda: [])
+    metrics = ServeMetrics(list, list)
     for latency_ms in (3.0, 5.0, 7.5, 9000.0):  # 5.0 is on a bound: it counts in le="5.0"
         metrics.frame("a", _frame(latency_ms))
     text = metrics.text().decode()
@@ -34,7 +34,7 @@ def test_head_exposes_the_histograms_the_actors_sent() -> None:
     second.observe("c1", 50.0)
     sent = [first.snapshot(), second.snapshot()]
     assert len(sent[1]["c1"].buckets) == len(LATENCY_BUCKETS_MS) + 1
-    head = ServeMetrics(lambda: [], lambda: [], lambda: {n: c for snap in sent for n, c in snap.items()})
+    head = ServeMetrics(list, list, lambda: {n: c for snap in sent for n, c in snap.items()})
     text = head.text().decode()
     assert 'cliphaze_camera_latency_ms_bucket{camera="c0",le="20.0"} 1.0' in text
     assert 'cliphaze_camera_latency_ms_bucket{camera="c1",le="40.0"} 1.0' in text

@@ -12,8 +12,8 @@ import pytest
 from serve_helpers import (
     assert_monotonic,
     cameras,
-    free_port,
     frame_pts_s,
+    free_port,
     get_json,
     get_text,
     start_serve,

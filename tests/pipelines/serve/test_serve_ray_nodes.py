@@ -18,8 +18,8 @@ import pytest
 from serve_helpers import (
     assert_monotonic,
     cameras,
-    free_port,
     frame_pts_s,
+    free_port,
     get_json,
     rtsp_server_class,
     start_serve,
@@ -109,7 +109,8 @@ def test_two_nodes_one_lost_its_cameras_resume_on_the_other(four_cameras: list[A
         # a node joins: it gets an actor of its own, and a camera added on reload goes to it (the least loaded)
         joined = cluster.add_node(num_cpus=1, include_dashboard=False).node_id
         wait_for(proc, log, lambda: any(a["planned_node"] == joined and a["up"] for a in
-                                        get_json(port, "/healthz")[1]["actors"]), "an actor on the new node", 90)
+                                        get_json(port, "/healthz")[1]["actors"]), "an actor on the new node",
+                 90)  # fmt: skip
         # a camera of its own: a second client of a shared GStreamer camera froze the first client's PTS here
         _, server_class, free_port_pair = rtsp_server_class()
         fifth = server_class(free_port_pair())

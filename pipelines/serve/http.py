@@ -26,13 +26,17 @@ class HttpError(RuntimeError):
 
 
 class StatusProvider:
-    """What the endpoint reads: set by the engine (or the Ray head, for a whole cluster)."""
+    """What the endpoint reads: set by the engine (or the Ray head, for a whole cluster).
+
+    ``details`` adds fields to the ``/healthz`` answer (the Ray head: its actors).
+    """
 
     def __init__(self, cameras: Callable[[], list[dict[str, Any]]], healthy: Callable[[], bool],
-                 metrics: Callable[[], bytes]) -> None:  # fmt: skip
+                 metrics: Callable[[], bytes], details: Callable[[], dict[str, Any]] = dict) -> None:  # fmt: skip
         self.cameras = cameras
         self.healthy = healthy
         self.metrics = metrics
+        self.details = details
 
 
 def _handler(provider: StatusProvider) -> type[BaseHTTPRequestHandler]:
@@ -70,7 +74,7 @@ def _handler(provider: StatusProvider) -> type[BaseHTTPRequestHandler]:
                 cameras = provider.cameras()
                 down = sorted(c["name"] for c in cameras if c["state"] != "running")
                 self._json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "cameras": len(cameras),
-                                                "not_running": down})  # fmt: skip
+                                                "not_running": down, **provider.details()})  # fmt: skip
             else:
                 self._json(404, {"error": "not found; try /healthz, /cameras, /metrics"})
 

@@ -138,7 +138,13 @@ class FrameSink:
             if spec.format == "mp4" and cfg.fragment_mp4:
                 opts["segment_format_options"] = f"movflags={MP4_FRAG_FLAGS}"
             return pattern, None, "segment", opts
-        opts = {"movflags": MP4_FRAG_FLAGS} if spec.format == "mp4" and cfg.fragment_mp4 else {}
+        # Every packet goes to the file as it is muxed (no 32 KiB I/O buffer, no Matroska cluster held in memory
+        # for 5 s): a killed run keeps everything up to the last fragment or cluster, at most one GOP short.
+        opts = {"flush_packets": "1"}
+        if spec.format == "mp4" and cfg.fragment_mp4:
+            opts["movflags"] = MP4_FRAG_FLAGS
+        if spec.format == "matroska":
+            opts["cluster_time_limit"] = str(round(cfg.gop_s * 1000))  # ms; a cluster per GOP
         return spec.url + PART_SUFFIX, spec.url, spec.format, opts
 
     def _check_writable(self) -> None:

@@ -213,7 +213,10 @@ class CameraWorker:
             return sink
         path = Path(sink)
         leftover = Path(sink + PART_SUFFIX)
-        if leftover.exists():  # a killed process (or Ray actor) left it: keep it, it plays up to its last fragment
+        if leftover.exists() and leftover.stat().st_size == 0:  # killed before its first packet: nothing to keep
+            leftover.unlink()
+            logger.info("camera %s: removed the empty output of a killed run", self.name)
+        elif leftover.exists():  # a killed process (or Ray actor) left it: keep it, it plays up to its last fragment
             kept = _free_name(path, "crash")
             leftover.rename(kept)
             logger.warning("camera %s: kept the unfinished output of a killed run as %s", self.name, kept)

@@ -202,3 +202,17 @@ def test_a_reload_with_a_broken_file_keeps_the_running_cameras(clip: Path, tmp_p
     finally:
         engine.stop()
     assert _frames(tmp_path / "a.mkv") == FRAMES
+
+
+def test_a_killed_runs_output_is_kept_beside_the_new_one_unless_it_is_empty(tmp_path: Path) -> None:
+    sink = tmp_path / "gate.mkv"
+    worker = CameraWorker(CameraConfig("gate", "rtsp://cam/gate", str(sink)), batcher=None)  # type: ignore[arg-type]
+    part = Path(str(sink) + ".part")
+    part.write_bytes(b"\x1a\x45\xdf\xa3 a Matroska start")  # what a killed run left
+    assert worker._sink_path(0) == str(sink)
+    assert (tmp_path / "gate.crash1.mkv").read_bytes().startswith(b"\x1a\x45\xdf\xa3") and not part.exists()
+    part.write_bytes(b"")  # killed before its first packet
+    assert worker._sink_path(0) == str(sink)
+    assert not part.exists() and not (tmp_path / "gate.crash2.mkv").exists()  # nothing worth a file
+    sink.write_bytes(b"first run's output")
+    assert worker._sink_path(1) == str(tmp_path / "gate.restart1.mkv")  # a restart never replaces an output

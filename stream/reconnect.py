@@ -54,11 +54,21 @@ class PtsRebaser:
     Files keep their PTS untouched (passthrough keeps timing). Live sources start at 0, and every new
     connection (``new_segment``) continues one frame step after the last output PTS, whatever the
     camera's clock did (negative starts, resets on reconnect; go2rtc PR #1943, MediaMTX #1307).
+
+    A live camera's clock can also jump inside one connection while frames keep coming (GStreamer's
+    rtsp-server seeks a shared, seekable test pipeline back to 0 when a second client sends PLAY, and the
+    first client's RTP clock steps back with it). A live frame whose PTS goes back or stands still,
+    or leaps forward by more than ``max_gap_s``, starts a new segment one frame step after the last output
+    PTS (counted in ``clock_jumps``): the timeline keeps advancing at the frame rate instead of crawling
+    one tick per frame until the camera's clock catches up, or leaving a hole.
     """
 
-    def __init__(self, *, rebase: bool, fps: Fraction | None = None) -> None:
+    def __init__(self, *, rebase: bool, fps: Fraction | None = None, max_gap_s: float | None = None) -> None:
         self._rebase = rebase
         self._fps = fps
+        # live: a forward PTS step longer than this inside one connection is a clock jump, not elapsed time
+        self._max_gap_s = max_gap_s
+        self.clock_jumps = 0  # live frames that re-based the timeline inside a connection
         self.time_base: Fraction | None = None  # output time base, fixed by the first frame
         self._last: int | None = None  # last output pts
         self._offset: int = 0  # added to the rescaled input pts of the current segment
@@ -103,7 +113,18 @@ class PtsRebaser:
                 target = 0 if self._last is None else self._last + self.step
                 self._offset = target - scaled
         out = scaled + self._offset
-        if self._last is not None and out <= self._last:
+        if self._last is not None and self._rebase and self._is_jump(out - self._last):
+            self.clock_jumps += 1
+            self._offset = self._last + self.step - scaled
+            out = scaled + self._offset
+        if self._last is not None and out <= self._last:  # files: colliding PTS still move forward
             out = self._last + 1
         self._last = out
         return out
+
+    def _is_jump(self, delta: int) -> bool:
+        """True when a live frame ``delta`` ticks after the last output is a camera clock jump."""
+        if delta <= 0:
+            return True
+        assert self.time_base is not None
+        return self._max_gap_s is not None and delta * self.time_base > Fraction(self._max_gap_s)

@@ -38,6 +38,9 @@ SUPERVISOR_POLL_S = 0.02  # how often the supervisor checks its reader's deadlin
 CONSUMER_POLL_S = 1.0  # how often a waiting consumer checks that the supervisor is still alive
 CLOSE_JOIN_S = 2.0  # how long close() waits for threads before leaving them (daemon) behind
 OPEN_GRACE_S = 1.0  # open_source waits this much longer than open_timeout_s for the supervisor's verdict
+# a live frame's PTS more than this many read deadlines after the previous one is a camera clock jump: frames
+# of one connection arrive at most read_timeout_s apart (a quieter connection is abandoned), the factor is slack
+CLOCK_JUMP_READ_DEADLINES = 2
 
 Opener = Callable[[SourceSpec, "SourceOptions", bool], Connection]
 
@@ -134,6 +137,7 @@ class FrameSource:
         self._heartbeat = time.monotonic()
         self._connected = False  # current reader has opened
         self._rebaser: PtsRebaser | None = None
+        self._jump_logged_gen = 0  # connection whose first clock jump was logged (later ones go to debug)
         self._size: tuple[int, int] | None = self.options.output_size
         self._pending_audio: tuple[Any, ...] = ()
         # log lines name the stream by its redacted URL, and by its source_id (a camera name) when it has one
@@ -350,7 +354,8 @@ class FrameSource:
                 self._size = (conn.info.width, conn.info.height)
             if self._size is not None and self.live:
                 self.info = dataclasses.replace(self.info, width=self._size[0], height=self._size[1])
-            self._rebaser = PtsRebaser(rebase=self.live, fps=conn.info.fps)
+            max_gap_s = CLOCK_JUMP_READ_DEADLINES * self.options.read_timeout_s
+            self._rebaser = PtsRebaser(rebase=self.live, fps=conn.info.fps, max_gap_s=max_gap_s)
             self._info_ready.set()
         assert self._rebaser is not None
         self._rebaser.new_segment()
@@ -396,7 +401,10 @@ class FrameSource:
 
     def _push(self, raw: RawFrame, conn: Connection, gen: int) -> None:
         assert self._rebaser is not None
+        jumps = self._rebaser.clock_jumps
         pts = self._rebaser(raw.pts, raw.time_base)
+        if self._rebaser.clock_jumps != jumps:
+            self._log_clock_jump(raw.pts, gen, self._rebaser.clock_jumps)
         packets = self._queue.take_orphans() + self._pending_audio + self._shift_audio(raw.packets)
         self._pending_audio = ()
         with self._lock:
@@ -413,6 +421,13 @@ class FrameSource:
             packets=packets,
         )
         self._queue.put(frame, alive=self._alive, heartbeat=self._beat)
+
+    def _log_clock_jump(self, raw_pts: int | None, gen: int, jumps: int) -> None:
+        """Warn at a connection's first clock jump; later ones (a camera stuck on one PTS) go to debug."""
+        level = logging.WARNING if self._jump_logged_gen != gen else logging.DEBUG
+        self._jump_logged_gen = gen
+        what = "source %s: the camera's clock jumped (frame pts %s); output PTS continue one frame on (%d jumps)"
+        logger.log(level, what, self._label, raw_pts, jumps)
 
     def _finish(self, reason: str) -> None:
         packets = self._queue.take_orphans() + self._pending_audio

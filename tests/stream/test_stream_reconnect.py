@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,42 @@ def test_rebaser_keeps_file_pts_and_makes_live_monotonic() -> None:
     live.new_segment()  # camera reconnected, its clock reset
     assert [live(p, TB) for p in (0, STEP)] == [3 * STEP, 4 * STEP]
     assert live(None, TB) == 5 * STEP
-    assert live(0, TB) == 5 * STEP + 1  # a backwards jump inside a segment still moves forward
+    assert files(10200, TB) == 10201  # a file's colliding PTS still move forward, by one tick
+
+
+def test_rebaser_keeps_live_timeline_at_frame_rate_through_camera_clock_jumps() -> None:
+    """A live camera's clock that steps back, stands still or leaps forward inside one connection (GStreamer's
+    rtsp-server seeks its shared pipeline to 0 when a second client sends PLAY) must not freeze the output:
+    before, every frame until the clock caught up got the last PTS + 1 tick (104 frames in 4 s at one instant)."""
+    live = PtsRebaser(rebase=True, fps=Fraction(25), max_gap_s=10.0)
+    camera = [90_000 + i * STEP for i in range(5)]  # 1.0 s .. 1.16 s
+    camera += [i * STEP for i in range(5)]  # a second client joined: the clock restarts at 0
+    camera += [5 * STEP] * 3  # the clock stands still
+    camera += [90_000_000 + i * STEP for i in range(3)]  # leaps forward 1000 s
+    camera += [90_000_000 + 3 * STEP + 5 * 90_000]  # a real 5 s hole (under max_gap_s) is kept
+    out = [live(p, TB) for p in camera]
+    steps = [b - a for a, b in pairwise(out)]
+    assert out[0] == 0 and steps == [STEP] * (len(out) - 2) + [STEP + 5 * 90_000], steps
+    assert live.clock_jumps == 4  # back to 0, two frames standing still, the leap
+
+
+def test_live_source_pts_keep_advancing_when_the_camera_clock_steps_back() -> None:
+    """The whole FrameSource: a connection whose PTS go back mid-stream gives frames one step apart."""
+
+    class SeekedBack(FakeConnection):
+        def frames(self, size: tuple[int, int] | None) -> Iterator[RawFrame]:
+            for i, pts in enumerate([90_000 + k * STEP for k in range(20)] + [k * STEP for k in range(30)]):
+                yield RawFrame(np.full((6, 8, 3), i % 256, np.uint8), pts, TB, ())
+
+    opener = ScriptedOpener(SeekedBack(0, 0), SourceOpenError("gone"))
+    options = _live(live_queue_size=64, reconnect=ReconnectPolicy(initial_s=0.01, max_attempts=0))
+    src = FrameSource(parse_source("rtsp://cam/x"), options, opener=opener).start()
+    pts = []
+    with pytest.raises(SourceLost):
+        for frame in src:
+            pts.append(frame.pts)
+    assert len(pts) == 50
+    assert [b - a for a, b in pairwise(pts)] == [STEP] * 49, pts
 
 
 def test_reconnects_with_monotonic_pts_and_counters() -> None:

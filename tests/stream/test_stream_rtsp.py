@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import av
@@ -42,6 +44,28 @@ def test_pull_from_live_server(rtsp_server: RtspServer) -> None:
     span_s = float((pts[-1] - pts[0]) * frames[0].time_base)
     assert 29 / 25 - 0.1 < span_s < 29 / 25 + 0.1  # real 25 fps timing survives
     assert frames[0].data.shape == (120, 160, 3)
+
+
+def test_second_client_of_the_camera_keeps_the_first_clients_pts_advancing(
+    rtsp_server: RtspServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test camera's pipeline is shared (``set_shared``): GStreamer seeks it back to 0 when a second client
+    sends PLAY, so the first client's RTP clock steps back while its frames keep coming every 40 ms. Its PTS
+    stood still before (one tick per frame, as many frames as the camera had run); they must go on at 25 fps."""
+    options = SourceOptions(live_queue_size=64, read_timeout_s=3.0)  # room for the frames decoded meanwhile
+    with caplog.at_level(logging.WARNING, logger="stream.source"), open_source(rtsp_server.url, options) as first:
+        it = iter(first)
+        before = [next(it) for _ in range(10)]
+        with open_source(rtsp_server.url, SourceOptions(read_timeout_s=3.0)):  # the second client's PLAY
+            after = [next(it) for _ in range(60)]
+        stats = first.stats
+    pts = [f.pts for f in before + after]
+    step = 1 / (25 * before[0].time_base)
+    steps = [b - a for a, b in pairwise(pts)]
+    assert stats.drops == 0 and all(0.5 * step < s < 1.5 * step for s in steps), steps
+    span_s = float((pts[-1] - pts[0]) * before[0].time_base)
+    assert abs(span_s - 69 / 25) < 0.2  # 70 frames, 2.76 s
+    assert "clock jumped" in caplog.text  # the server did step the clock back (else this test proves nothing)
 
 
 @pytest.mark.slow

@@ -111,7 +111,8 @@ def test_two_nodes_one_lost_its_cameras_resume_on_the_other(four_cameras: list[A
         wait_for(proc, log, lambda: any(a["planned_node"] == joined and a["up"] for a in
                                         get_json(port, "/healthz")[1]["actors"]), "an actor on the new node",
                  90)  # fmt: skip
-        # a camera of its own: a second client of a shared GStreamer camera froze the first client's PTS here
+        # a camera of its own: a second client's PLAY seeks a shared GStreamer test camera back to 0, so the first
+        # client's picture would jump back (its PTS keep advancing since the re-basing fix, docs/reliability.md)
         _, server_class, free_port_pair = rtsp_server_class()
         fifth = server_class(free_port_pair())
         fifth.start()

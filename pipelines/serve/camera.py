@@ -40,7 +40,12 @@ RESTART_POLICY = ReconnectPolicy(initial_s=1.0, cap_s=30.0, reset_after_s=30.0) 
 # Frames a live camera may buffer before the oldest is dropped: 8 = 0.32 s at 25 fps, so a short hiccup of a
 # shared CPU (another camera reconnecting, a busy neighbour process) costs latency, not frames.
 LIVE_QUEUE_FRAMES = 8
-STATES = ("starting", "running", "reconnecting", "restarting", "stopping", "stopped", "finished", "failed")
+# A running camera whose output has not advanced for this long is "blocked" (its source still delivers: the
+# output or the shared dehazer holds it up) or "stalled" (nothing moves; the source's own deadline has not
+# fired yet). 3 s: well past a batch or an encoder flush, well before Frigate's 20 s camera watchdog.
+OUTPUT_IDLE_S = 3.0
+STATES = ("starting", "running", "reconnecting", "blocked", "stalled", "restarting", "stopping", "stopped", "finished",
+          "failed")  # fmt: skip
 
 
 def _free_name(path: Path, tag: str) -> Path:
@@ -102,8 +107,12 @@ class CameraStatus:
         source = self.source_stats()
         with self._lock:
             state = self.state
+            idle_s = time.monotonic() - self._out_s[-1] if self._out_s else 0.0
             if state == "running" and source is not None and source.state in ("retrying", "stalled", "starting"):
                 state = "reconnecting"
+            elif state == "running" and idle_s > OUTPUT_IDLE_S:
+                delivering = source is not None and source.state == "running"
+                state = "blocked" if delivering else "stalled"
             return {
                 "name": self.camera.name,
                 "state": state,
@@ -121,6 +130,7 @@ class CameraStatus:
                 "haze_density": None if self.density is None else round(self.density, 4),
                 "last_error": self.last_error,
                 "uptime_s": round(time.monotonic() - self.started_s, 1),
+                "output_idle_s": round(idle_s, 1),
                 **self.sink_stats(),
             }
 
@@ -295,4 +305,3 @@ class CameraWorker:
             logger.info("camera %s: %d frames, %.1f fps, latency p95 %.0f ms%s", cam.name, stats.frames_out,
                         stats.fps, stats.latency_ms_p95, " (stopped)" if stats.stopped_early else "")  # fmt: skip
             return not stats.stopped_early and not self._stop.is_set()
-

@@ -216,3 +216,25 @@ def test_a_killed_runs_output_is_kept_beside_the_new_one_unless_it_is_empty(tmp_
     assert not part.exists() and not (tmp_path / "gate.crash2.mkv").exists()  # nothing worth a file
     sink.write_bytes(b"first run's output")
     assert worker._sink_path(1) == str(tmp_path / "gate.restart1.mkv")  # a restart never replaces an output
+
+
+def test_a_camera_whose_output_stops_is_blocked_or_stalled_not_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from pipelines.serve import camera as camera_module
+    from pipelines.stats import FrameDone
+    from stream.source import SourceStats
+
+    status = camera_module.CameraStatus(CameraConfig("gate", "rtsp://cam/gate", "gate.mkv"))
+    source = SourceStats("running", 10, 10, 0, 0, 0, 0, "", 0)
+    status.source_stats = lambda: source
+    status.frame(FrameDone(0, 0, 0.0, 20.0, None, 1, 1, 0, 25.0, ()), 0)
+    assert status.snapshot()["state"] == "running"
+    now = camera_module.time.monotonic()
+    monkeypatch.setattr(camera_module.time, "monotonic", lambda: now + camera_module.OUTPUT_IDLE_S + 1)
+    snap = status.snapshot()
+    assert snap["state"] == "blocked" and snap["output_idle_s"] > camera_module.OUTPUT_IDLE_S  # source delivers
+    source = dataclasses.replace(source, state="ended")
+    assert status.snapshot()["state"] == "stalled"  # nothing moves
+    source = dataclasses.replace(source, state="retrying")
+    assert status.snapshot()["state"] == "reconnecting"  # the source's own verdict comes first

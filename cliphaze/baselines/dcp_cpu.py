@@ -63,23 +63,29 @@ def _build(numba: Any) -> DcpKernels:
     def block_mean(frames: np.ndarray, sub: int, out: np.ndarray) -> None:  # pragma: no cover - numba
         n, h, w, _ = out.shape
         inv = np.float32(1.0 / (sub * sub))
+        used = w * sub * 3  # bytes of each input row that fall in a block (avg_pool2d drops the remainder)
         for job in numba.prange(n * h):
             i = job // h
             y = job % h
+            # the block's rows summed first, as whole rows of integers (they vectorize), then each block's columns;
+            # integer sums are exact, so the result is the same as summing pixel by pixel
+            rows = np.zeros(used, np.int32)
+            for dy in range(sub):
+                line = frames[i, y * sub + dy].reshape(-1)
+                for k in range(used):
+                    rows[k] += line[k]
             for x in range(w):
-                s0 = np.float32(0.0)
-                s1 = np.float32(0.0)
-                s2 = np.float32(0.0)
-                for dy in range(sub):
-                    row = y * sub + dy
-                    for dx in range(sub):
-                        col = x * sub + dx
-                        s0 += np.float32(frames[i, row, col, 0])
-                        s1 += np.float32(frames[i, row, col, 1])
-                        s2 += np.float32(frames[i, row, col, 2])
-                out[i, y, x, 0] = s0 * inv
-                out[i, y, x, 1] = s1 * inv
-                out[i, y, x, 2] = s2 * inv
+                s0 = 0
+                s1 = 0
+                s2 = 0
+                for dx in range(sub):
+                    k = (x * sub + dx) * 3
+                    s0 += rows[k]
+                    s1 += rows[k + 1]
+                    s2 += rows[k + 2]
+                out[i, y, x, 0] = np.float32(s0) * inv
+                out[i, y, x, 1] = np.float32(s1) * inv
+                out[i, y, x, 2] = np.float32(s2) * inv
 
     @jit
     def restore(frames: np.ndarray, mean_a: np.ndarray, mean_b: np.ndarray, airlight: np.ndarray,

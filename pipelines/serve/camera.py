@@ -213,8 +213,10 @@ class CameraWorker:
                 self.status.set(state="stopped")
 
     def _sink_path(self, attempt: int) -> str:
-        """The output of run ``attempt``: after a restart, a plain file that exists gets a new name
-        (``NAME.restartN.EXT``) instead of being replaced."""
+        """The output of run ``attempt`` (0 = the camera's first run in this worker). A plain file that exists
+        is never replaced, whoever wrote it (an earlier run of this camera, a restart after a failure, the
+        camera before a reload changed it, a Ray actor it ran in before): the new output is
+        ``NAME.restartN.EXT`` next to it."""
         from stream.sink import PART_SUFFIX
         from stream.uri import parse_sink
 
@@ -230,7 +232,7 @@ class CameraWorker:
             kept = _free_name(path, "crash")
             leftover.rename(kept)
             logger.warning("camera %s: kept the unfinished output of a killed run as %s", self.name, kept)
-        if attempt == 0 or not path.exists():
+        if not path.exists():
             return sink
         return str(_free_name(path, "restart"))
 

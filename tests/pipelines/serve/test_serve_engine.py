@@ -204,7 +204,7 @@ def test_a_reload_with_a_broken_file_keeps_the_running_cameras(clip: Path, tmp_p
     assert _frames(tmp_path / "a.mkv") == FRAMES
 
 
-def test_a_killed_runs_output_is_kept_beside_the_new_one_unless_it_is_empty(tmp_path: Path) -> None:
+def test_outputs_are_never_replaced_and_a_killed_runs_output_is_kept_unless_empty(tmp_path: Path) -> None:
     sink = tmp_path / "gate.mkv"
     worker = CameraWorker(CameraConfig("gate", "rtsp://cam/gate", str(sink)), batcher=None)  # type: ignore[arg-type]
     part = Path(str(sink) + ".part")
@@ -216,6 +216,9 @@ def test_a_killed_runs_output_is_kept_beside_the_new_one_unless_it_is_empty(tmp_
     assert not part.exists() and not (tmp_path / "gate.crash2.mkv").exists()  # nothing worth a file
     sink.write_bytes(b"first run's output")
     assert worker._sink_path(1) == str(tmp_path / "gate.restart1.mkv")  # a restart never replaces an output
+    (tmp_path / "gate.restart1.mkv").write_bytes(b"second run's output")
+    # nor does a new worker (a reload that changed the camera, a Ray actor it moved to, the next serve process)
+    assert worker._sink_path(0) == str(tmp_path / "gate.restart2.mkv")
 
 
 def test_a_camera_whose_output_stops_is_blocked_or_stalled_not_running(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,17 +135,10 @@ class FrameSink:
             }
             if _STRFTIME.search(Path(pattern).name):
                 opts["strftime"] = "1"
-            if spec.format == "mp4" and cfg.fragment_mp4:
-                opts["segment_format_options"] = f"movflags={MP4_FRAG_FLAGS}"
+            inner = _flush_options(spec.format, cfg)
+            opts["segment_format_options"] = ":".join(f"{key}={value}" for key, value in inner.items())
             return pattern, None, "segment", opts
-        # Every packet goes to the file as it is muxed (no 32 KiB I/O buffer, no Matroska cluster held in memory
-        # for 5 s): a killed run keeps everything up to the last fragment or cluster, at most one GOP short.
-        opts = {"flush_packets": "1"}
-        if spec.format == "mp4" and cfg.fragment_mp4:
-            opts["movflags"] = MP4_FRAG_FLAGS
-        if spec.format == "matroska":
-            opts["cluster_time_limit"] = str(round(cfg.gop_s * 1000))  # ms; a cluster per GOP
-        return spec.url + PART_SUFFIX, spec.url, spec.format, opts
+        return spec.url + PART_SUFFIX, spec.url, spec.format, _flush_options(spec.format, cfg)
 
     def _check_writable(self) -> None:
         if self.spec.kind not in ("file", "segments"):
@@ -295,6 +288,19 @@ class FrameSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _flush_options(fmt: str, config: EncoderConfig) -> dict[str, str]:
+    """Muxer options of a file (or of each segment) that a kill cannot empty: every packet goes to the file as
+    it is muxed (no 32 KiB I/O buffer, no Matroska cluster held in memory for 5 s), MP4 is fragmented at each
+    keyframe, Matroska cuts a cluster per GOP. A killed run keeps everything up to its last fragment or cluster:
+    at most one GOP short."""
+    opts = {"flush_packets": "1"}
+    if fmt == "mp4" and config.fragment_mp4:
+        opts["movflags"] = MP4_FRAG_FLAGS
+    if fmt == "matroska":
+        opts["cluster_time_limit"] = str(round(config.gop_s * 1000))  # ms
+    return opts
 
 
 def _reason(exc: BaseException) -> str:

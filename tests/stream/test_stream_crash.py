@@ -37,11 +37,9 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
-def test_sigkill_mid_write_leaves_playable_part(tmp_path: Path, suffix: str) -> None:
-    target = tmp_path / f"rec{suffix}"
-    part = Path(str(target) + PART_SUFFIX)
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(FRAMES)], stdout=subprocess.PIPE,
+def _write_then_kill(target: str) -> None:
+    """Run WRITER on ``target`` and SIGKILL it once every frame has been handed to the sink."""
+    child = subprocess.Popen([sys.executable, "-c", WRITER, target, str(FRAMES)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)  # fmt: skip
     try:
         assert child.stdout is not None
@@ -54,6 +52,13 @@ def test_sigkill_mid_write_leaves_playable_part(tmp_path: Path, suffix: str) -> 
             if pipe:
                 pipe.close()
     assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_sigkill_mid_write_leaves_playable_part(tmp_path: Path, suffix: str) -> None:
+    target = tmp_path / f"rec{suffix}"
+    part = Path(str(target) + PART_SUFFIX)
+    _write_then_kill(str(target))
     assert part.exists() and not target.exists()  # never renamed: the run did not finish
 
     frames = int(stream_media.probe_streams(part)[0]["nb_read_frames"])
@@ -63,3 +68,12 @@ def test_sigkill_mid_write_leaves_playable_part(tmp_path: Path, suffix: str) -> 
         decoded = sum(1 for _ in source)
     assert decoded == frames
     assert source.end is not None and source.end.reason == "eof"
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_sigkill_mid_segment_keeps_all_but_the_open_gop(tmp_path: Path, suffix: str) -> None:
+    _write_then_kill(str(tmp_path / f"rec_%03d{suffix}"))  # 3 s of frames: all in the first (10 s) segment
+    segments = sorted(tmp_path.glob(f"rec_*{suffix}"))
+    assert len(segments) == 1, segments
+    frames = int(stream_media.probe_streams(segments[0])[0]["nb_read_frames"])
+    assert frames >= FRAMES - GOP_FRAMES, frames  # 62 of 75 before the segments flushed every packet

@@ -135,6 +135,29 @@ class CameraStatus:
             }
 
 
+class OutputWatch:
+    """Logs once, with the camera's name, when a camera's output stops (``blocked`` or ``stalled`` in its
+    snapshot) and when it flows again; the main loop hands it the ``/cameras`` list every second."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}
+
+    def check(self, cameras: list[dict[str, Any]]) -> None:
+        seen: dict[str, str] = {}
+        for camera in cameras:
+            name, state = camera["name"], camera["state"]
+            before = self._last.get(name)
+            if state in ("blocked", "stalled") and before != state:
+                why = "its source still delivers: the output or the dehazer holds it up" if state == "blocked" else \
+                    "neither its source nor its output moves"  # fmt: skip
+                logger.warning("camera %s: %s, no output for %.1f s (%s)", name, state,
+                               camera.get("output_idle_s", 0.0), why)  # fmt: skip
+            elif before in ("blocked", "stalled") and state == "running":
+                logger.warning("camera %s: output flowing again", name)
+            seen[name] = state
+        self._last = seen
+
+
 class CameraWorker:
     """Supervises one camera in its own thread (see module docstring)."""
 

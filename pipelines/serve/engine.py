@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.serve.batcher import BatchConfig, CrossCameraBatcher
-from pipelines.serve.camera import CameraWorker
+from pipelines.serve.camera import CameraWorker, OutputWatch
 from pipelines.serve.config import CameraConfig, ServeConfig, load_config
 from pipelines.stats import FrameDone
 from stream.uri import redact
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 STOP_JOIN_S = 30.0  # longest wait for one camera to drain and finalize on shutdown
 LOOP_POLL_S = 0.2  # how often the main loop checks stop, reload and "every camera finished"
+WATCH_S = 1.0  # how often the main loop looks for cameras whose output stopped (logged once, see OutputWatch)
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,14 @@ def serve(path: Path, options: ServeOptions, stop: threading.Event, reload: thre
         engine.apply(config)
         logger.warning("serving %d camera(s)%s", len(config.cameras),
                        f"; status at http://{http.addr}:{http.port}/cameras" if http else "")  # fmt: skip
+        watch, last_watch = OutputWatch(), time.monotonic()
         while not stop.wait(LOOP_POLL_S):
             if reload.is_set():
                 reload.clear()
                 reload_config(engine, path, load)
+            if time.monotonic() - last_watch >= WATCH_S:
+                watch.check(engine.cameras())
+                last_watch = time.monotonic()
             if options.exit_when_done and engine.all_finished():
                 logger.info("every camera finished")
                 break

@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipelines.serve.camera import OutputWatch
 from pipelines.serve.config import CameraConfig, ServeConfig, ServeConfigError, load_config
 from pipelines.serve.engine import LOOP_POLL_S, ServeEngine, ServeOptions
 from pipelines.serve.metrics import LatencyCounts
@@ -318,7 +319,7 @@ def serve_on_ray(path: Path, options: ServeOptions, stop: threading.Event, reloa
         head.apply(config)
         logger.warning("serving %d camera(s) on Ray%s", len(config.cameras),
                        f"; status at http://{http.addr}:{http.port}/cameras" if http else "")  # fmt: skip
-        last_poll = time.monotonic()
+        last_poll, watch = time.monotonic(), OutputWatch()
         while not stop.wait(LOOP_POLL_S):
             if reload.is_set():
                 reload.clear()
@@ -329,6 +330,7 @@ def serve_on_ray(path: Path, options: ServeOptions, stop: threading.Event, reloa
                     logger.error("reload: %s; keeping the running cameras", _one_line(exc))
             if time.monotonic() - last_poll >= POLL_S:
                 head.poll()
+                watch.check(head.cameras())  # every camera of the cluster, logged once here on the head
                 last_poll = time.monotonic()
     finally:
         final = head.stop()

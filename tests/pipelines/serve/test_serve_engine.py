@@ -241,3 +241,24 @@ def test_a_camera_whose_output_stops_is_blocked_or_stalled_not_running(monkeypat
     assert status.snapshot()["state"] == "stalled"  # nothing moves
     source = dataclasses.replace(source, state="retrying")
     assert status.snapshot()["state"] == "reconnecting"  # the source's own verdict comes first
+
+
+def test_a_camera_whose_output_stops_and_flows_again_is_logged_once_each_way(caplog: pytest.LogCaptureFixture) -> None:
+    from pipelines.serve.camera import OutputWatch
+
+    watch = OutputWatch()
+
+    def states(*pairs: tuple[str, str]) -> list[dict[str, object]]:
+        return [{"name": name, "state": state, "output_idle_s": 4.0} for name, state in pairs]
+
+    with caplog.at_level("WARNING", logger="pipelines.serve.camera"):
+        watch.check(states(("gate", "running"), ("yard", "running")))
+        for _ in range(3):  # the main loop asks every second; the camera stays blocked
+            watch.check(states(("gate", "blocked"), ("yard", "running")))
+        watch.check(states(("gate", "running"), ("yard", "stalled")))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "camera gate: blocked, no output for 4.0 s (its source still delivers: the output or the dehazer holds it up)",
+        "camera gate: output flowing again",
+        "camera yard: stalled, no output for 4.0 s (neither its source nor its output moves)",
+    ]

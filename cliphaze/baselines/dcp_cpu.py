@@ -17,10 +17,11 @@ At the working resolution (NHWC float32, straight from ``block_mean``):
 * ``guided``: the transmission estimate ``1 - omega * dark(I / A)``, the grey guide, and the guided filter's
   box-averaged coefficients (box means by sliding sums in float64 with reflected borders) in one kernel per
   frame. The torch path spends about 60 small tensor operations on this (7 ms of a 640x360 frame's 9 ms on
-  one core); the kernel about 0.5 ms.
+  one core); the kernel about 1 ms.
 
-numba is imported here only, when the kernels are first needed, and compiled with ``cache=True`` (the cache
-in the user's cache directory, see :mod:`cliphaze.user_cache`).
+The kernels are in :mod:`cliphaze.baselines.dcp_kernels`, which imports numba: :func:`get_kernels` imports it
+when the kernels are first needed, and they are compiled with ``cache=True`` (the cache in the user's cache
+directory, see :mod:`cliphaze.user_cache`).
 Without numba (or if it fails to compile) :func:`get_kernels` returns None and ``dcp`` keeps its
 torch path, which gives the same frames within one 8-bit level.
 """
@@ -50,8 +51,9 @@ class DcpKernels:
 
     block_mean: Callable[..., None]  # (frames u8 NHWC, sub, out f32 N h w 3)
     restore: Callable[..., None]  # (frames u8 NHWC, mean_a f32 N h w, mean_b, airlight f32 N 3, luma f32 3, t0, out u8)
-    dark: Callable[..., None]  # (small f32 N h w 3, patch, out f32 N h w)
-    # (small, airlight f32 N 3, omega, patch, luma f32 3, radius, eps, out mean_a f32 N h w, out mean_b, out grey)
+    dark: Callable[..., None]  # (small f32 N h w 3, patch, work f64 N WORK_PLANES h w, out f32 N h w)
+    # (small, airlight f32 N 3, omega, patch, luma f32 3, radius, eps, work, out mean_a f32 N h w, out mean_b,
+    # out grey)
     guided: Callable[..., None]
 
 
